@@ -1,0 +1,104 @@
+"""OpenAI-compatible routes: chat, completions, embeddings, models."""
+
+from __future__ import annotations
+
+import re
+import secrets
+import time
+
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from gateway.deps import services
+from gateway.errors import NotFoundError, PayloadTooLargeError, ServiceUnavailableError
+from gateway.protocol import Endpoint
+
+router = APIRouter(prefix="/v1", tags=["openai"])
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+def request_id(request: Request) -> str:
+    """Honour a sane incoming X-Request-ID, else make one."""
+    rid = request.headers.get("x-request-id")
+    if rid is None or not _REQUEST_ID.match(rid):
+        rid = secrets.token_hex(16)
+    request.state.request_id = rid
+    return rid
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > limit:
+        raise PayloadTooLargeError(f"The request body is larger than {limit} bytes.")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLargeError(f"The request body is larger than {limit} bytes.")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _serve(request: Request, endpoint: Endpoint) -> Response:
+    svc = services(request)
+    rid = request_id(request)
+    if svc.draining:
+        raise ServiceUnavailableError(
+            "The gateway is shutting down.", headers={"Retry-After": "1", "Connection": "close"}
+        )
+    pipeline = svc.pipeline
+    ctx = pipeline.new_context(rid, endpoint)
+    body = await read_body(request, svc.settings.server.max_body_bytes)
+    return await pipeline.handle(ctx, request.headers.get("authorization"), body)
+
+
+@router.post("/chat/completions")
+async def chat_completions(request: Request) -> Response:
+    return await _serve(request, Endpoint.CHAT)
+
+
+@router.post("/completions")
+async def completions(request: Request) -> Response:
+    return await _serve(request, Endpoint.COMPLETIONS)
+
+
+@router.post("/embeddings")
+async def embeddings(request: Request) -> Response:
+    return await _serve(request, Endpoint.EMBEDDINGS)
+
+
+def _model_card(name: str, created: int) -> dict[str, object]:
+    return {"id": name, "object": "model", "created": created, "owned_by": "tollgate"}
+
+
+@router.get("/models")
+async def list_models(request: Request) -> dict[str, object]:
+    svc = services(request)
+    await _authenticate(request)
+    created = int(svc.extra.get("started_at", time.time()))
+    data = []
+    for m in svc.settings.models:
+        for name in (m.name, *m.aliases):
+            data.append(_model_card(name, created))
+    return {"object": "list", "data": data}
+
+
+@router.get("/models/{model_id:path}")
+async def get_model(model_id: str, request: Request) -> dict[str, object]:
+    svc = services(request)
+    await _authenticate(request)
+    created = int(svc.extra.get("started_at", time.time()))
+    for m in svc.settings.models:
+        if model_id == m.name or model_id in m.aliases:
+            return _model_card(model_id, created)
+    raise NotFoundError(f"The model '{model_id}' does not exist.", param="model")
+
+
+async def _authenticate(request: Request) -> None:
+    from gateway.auth import bearer_token
+
+    request_id(request)
+    pipeline = services(request).pipeline
+    await pipeline.authenticator.authenticate(bearer_token(request.headers.get("authorization")))

@@ -1,0 +1,83 @@
+"""The ``tollgate`` command line. Arguments are parsed only in :func:`main`."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from gateway.config import ConfigError, Settings
+
+app = typer.Typer(
+    help="Tollgate: an OpenAI-compatible gateway for vLLM engines.", no_args_is_help=True
+)
+
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--config", "-c", help="YAML config (default: $TOLLGATE_CONFIG or configs/tollgate.yaml)."
+    ),
+]
+
+
+def load_settings(config: Path | None) -> Settings:
+    try:
+        return Settings.load(config)
+    except ConfigError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def serve(
+    config: ConfigOpt = None,
+    host: Annotated[str | None, typer.Option(help="Override server.host.")] = None,
+    port: Annotated[int | None, typer.Option(help="Override server.port.")] = None,
+    workers: Annotated[int | None, typer.Option(help="Override server.workers.")] = None,
+) -> None:
+    """Run the gateway."""
+    from gateway.serve import run
+
+    settings = load_settings(config)
+    overrides = {k: v for k, v in {"host": host, "port": port, "workers": workers}.items() if v}
+    if overrides:
+        try:
+            settings = Settings.load(
+                config, server=settings.server.model_copy(update=overrides).model_dump()
+            )
+        except ConfigError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
+    run(settings, str(config) if config else None)
+
+
+@app.command("check-config")
+def check_config(config: ConfigOpt = None) -> None:
+    """Validate a config file and print a summary."""
+    settings = load_settings(config)
+    typer.echo(
+        f"ok: {len(settings.engines)} engine(s), models: "
+        + ", ".join(m.name for m in settings.models)
+    )
+
+
+def _mount_optional() -> None:
+    """Sub-commands from other packages (engines, keys, reports...)."""
+    try:
+        from engines.cli import app as engines_app
+    except ImportError:
+        return
+    app.add_typer(
+        engines_app, name="engines", help="Local vLLM engines: prepare, up, down, status."
+    )
+
+
+def main() -> None:
+    _mount_optional()
+    app(prog_name="tollgate")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

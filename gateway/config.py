@@ -1,0 +1,269 @@
+"""The one settings object: YAML file plus ``TOLLGATE_*`` environment overrides.
+
+``Settings.load(path)`` reads the YAML file, then applies environment variables
+(``TOLLGATE_SERVER__PORT=9000`` overrides ``server.port``). Validation happens at
+start: a bad config raises :class:`ConfigError` whose message names the field.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+DEFAULT_CONFIG = Path("configs/tollgate.yaml")
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; the message names the offending field."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ServerSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    #: Serve /admin on its own listener when set (recommended in production).
+    admin_port: int | None = Field(None, ge=1, le=65535)
+    admin_host: str = "127.0.0.1"
+    workers: int = Field(1, ge=1, le=64)
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    max_messages: int = Field(2048, ge=1)
+    max_n: int = Field(16, ge=1)
+    #: Upper bound on max_tokens a client may ask for (and the default when absent).
+    max_tokens_cap: int = Field(8192, ge=1)
+    drain_seconds: float = Field(30.0, ge=0)
+    keepalive_seconds: float = Field(15.0, gt=0)
+    log_level: str = "INFO"
+    access_log: bool = True
+
+
+class StaticKey(_Section):
+    key: SecretStr
+    name: str = "static"
+    team: str | None = None
+    models: list[str] | None = None
+
+
+class AuthSettings(_Section):
+    #: Client keys from config (used when no key store is configured, and in tests).
+    static_keys: list[StaticKey] = Field(default_factory=list)
+    #: Token for /admin; distinct from every client key.
+    admin_token: SecretStr | None = None
+    #: Use the managed key store (database) in addition to static keys.
+    key_store: bool = True
+
+
+class EngineSettings(_Section):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    url: str
+    tier: str
+    #: The model name the engine serves (``--served-model-name``).
+    model: str
+    #: Price entry to bill this engine at; defaults to ``model``.
+    price_model: str | None = None
+    max_concurrency: int = Field(64, ge=1)
+    max_queue: int = Field(256, ge=0)
+    queue_timeout_s: float = Field(10.0, gt=0)
+    weight: float = Field(1.0, ge=0)
+    version: str | None = None
+    embeddings: bool = False
+    api_key: SecretStr | None = None
+    #: Tokenizer folder (tokenizer.json) for exact prompt counting.
+    tokenizer: str | None = None
+    max_model_len: int | None = None
+
+    @model_validator(mode="after")
+    def _check_url(self) -> EngineSettings:
+        parts = urlsplit(self.url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"engine url must be http(s)://host:port, got {self.url!r}")
+        return self
+
+
+class ModelSettings(_Section):
+    """A client-facing model name."""
+
+    name: str
+    tier: str | None = None
+    aliases: list[str] = Field(default_factory=list)
+    #: Routed per request by ``routing.policy`` instead of a fixed tier.
+    auto: bool = False
+    #: Tier to try when this model's tier has no healthy engine (None: no fallback).
+    fallback_tier: str | None = None
+
+    @model_validator(mode="after")
+    def _tier_or_auto(self) -> ModelSettings:
+        if not self.auto and not self.tier:
+            raise ValueError(f"model {self.name!r} needs a tier or auto: true")
+        return self
+
+
+class TimeoutSettings(_Section):
+    connect_s: float = Field(2.0, gt=0)
+    #: Time to first token (first byte of the body for non-streaming).
+    ttft_s: float = Field(60.0, gt=0)
+    #: Longest silence between two chunks of a stream.
+    idle_s: float = Field(30.0, gt=0)
+    total_s: float = Field(600.0, gt=0)
+
+
+class RetrySettings(_Section):
+    attempts: int = Field(2, ge=1, le=5)
+    #: Retries allowed as a fraction of recent requests (retry budget).
+    budget_ratio: float = Field(0.2, ge=0, le=1)
+    budget_min_per_s: float = Field(5.0, ge=0)
+
+
+class BreakerSettings(_Section):
+    failure_threshold: int = Field(5, ge=1)
+    open_seconds: float = Field(10.0, gt=0)
+    health_interval_s: float = Field(5.0, gt=0)
+    metrics_interval_s: float = Field(1.0, gt=0)
+
+
+class RoutingSettings(_Section):
+    policy: str = "rules"
+    balancer: Literal["least_outstanding", "p2c"] = "least_outstanding"
+    prefix_affinity: bool = False
+    params: dict[str, Any] = Field(default_factory=dict)
+    retries: RetrySettings = Field(default_factory=RetrySettings)
+    breaker: BreakerSettings = Field(default_factory=BreakerSettings)
+    #: Fall back to another tier when a tier has no healthy engine.
+    fallback: bool = True
+
+
+class QuotaSettings(_Section):
+    backend: Literal["local", "redis"] = "local"
+    redis_url: SecretStr | None = None
+    redis_timeout_s: float = Field(0.25, gt=0)
+    reservation_ttl_s: float = Field(900.0, gt=0)
+    #: Failure policy per limit kind when the quota store is unreachable.
+    on_store_error_budgets: Literal["fail_closed", "fail_open"] = "fail_closed"
+    on_store_error_rates: Literal["fail_closed", "local", "fail_open"] = "local"
+    #: End a stream whose key runs out of budget part-way.
+    cut_stream_on_budget: bool = True
+    #: Replicas sharing the limit, used to size the local fallback limiter.
+    replicas: int = Field(1, ge=1)
+
+
+class LedgerSettings(_Section):
+    url: str = "sqlite:///var/tollgate/ledger.db"
+    enabled: bool = True
+    batch_size: int = Field(500, ge=1)
+    flush_interval_s: float = Field(0.5, gt=0)
+    queue_max: int = Field(100_000, ge=100)
+    spill_dir: str = "var/tollgate/spill"
+    #: Run the Alembic migrations (upgrade head) when the writer first reaches the database.
+    auto_migrate: bool = True
+    #: Longest wait between attempts to reach a database that is down.
+    retry_max_s: float = Field(5.0, gt=0)
+    #: Bound on the flush at shutdown; what is left goes to the spill file.
+    shutdown_timeout_s: float = Field(10.0, gt=0)
+
+
+class PricingSettings(_Section):
+    file: str = "configs/prices.yaml"
+    #: Expose cost to clients.
+    cost_header: bool = False
+    cost_in_usage: bool = False
+
+
+class Settings(BaseSettings):
+    """Everything the gateway reads at start."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="TOLLGATE_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+    engines: list[EngineSettings] = Field(default_factory=list)
+    models: list[ModelSettings] = Field(default_factory=list)
+    timeouts: TimeoutSettings = Field(default_factory=TimeoutSettings)
+    routing: RoutingSettings = Field(default_factory=RoutingSettings)
+    quotas: QuotaSettings = Field(default_factory=QuotaSettings)
+    ledger: LedgerSettings = Field(default_factory=LedgerSettings)
+    pricing: PricingSettings = Field(default_factory=PricingSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Environment wins over the YAML file (passed as init kwargs).
+        return (env_settings, init_settings)
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Settings:
+        names = [e.name for e in self.engines]
+        dupes = {n for n in names if names.count(n) > 1}
+        if dupes:
+            raise ValueError(f"engines: duplicate engine name(s) {sorted(dupes)}")
+        tiers = {e.tier for e in self.engines}
+        seen: set[str] = set()
+        for i, m in enumerate(self.models):
+            for name in (m.name, *m.aliases):
+                if name in seen:
+                    raise ValueError(f"models[{i}]: model name {name!r} is defined twice")
+                seen.add(name)
+            for field in ("tier", "fallback_tier"):
+                tier = getattr(m, field)
+                if tier is not None and tier not in tiers:
+                    raise ValueError(
+                        f"models[{i}].{field}: tier {tier!r} has no engine "
+                        f"(engine tiers: {sorted(tiers)})"
+                    )
+        own = {(self.server.host, self.server.port), ("localhost", self.server.port)}
+        if self.server.host in ("0.0.0.0", "127.0.0.1", "::"):
+            own |= {("127.0.0.1", self.server.port), ("localhost", self.server.port)}
+        for i, e in enumerate(self.engines):
+            parts = urlsplit(e.url)
+            if (parts.hostname, parts.port) in own:
+                raise ValueError(f"engines[{i}].url points at the gateway itself (a loop)")
+        if self.server.workers > 1 and self.quotas.backend != "redis":
+            raise ValueError(
+                "server.workers > 1 needs quotas.backend: redis (limits must be shared)"
+            )
+        return self
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, **overrides: Any) -> Settings:
+        """Read YAML (``path``, ``$TOLLGATE_CONFIG`` or the default) plus env overrides."""
+        chosen = path or os.environ.get("TOLLGATE_CONFIG")
+        data: dict[str, Any] = {}
+        if chosen is not None or DEFAULT_CONFIG.exists():
+            file = Path(chosen) if chosen is not None else DEFAULT_CONFIG
+            try:
+                loaded = yaml.safe_load(file.read_text()) or {}
+            except FileNotFoundError:
+                raise ConfigError(f"config file not found: {file}") from None
+            except yaml.YAMLError as exc:
+                raise ConfigError(f"config file {file} is not valid YAML: {exc}") from None
+            if not isinstance(loaded, dict):
+                raise ConfigError(f"config file {file} must hold a mapping at the top level")
+            data = loaded
+        data.update(overrides)
+        try:
+            return cls(**data)
+        except ValidationError as exc:
+            raise ConfigError(describe_validation_error(exc)) from None
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    lines = ["invalid configuration:"]
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        lines.append(f"  {loc}: {err['msg']}")
+    return "\n".join(lines)

@@ -1,0 +1,28 @@
+"""Tiny accessors for services kept on ``app.state`` (built once in the lifespan)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.requests import Request
+
+from gateway.config import Settings
+from gateway.metrics import Metrics
+from gateway.pipeline import Pipeline
+
+
+@dataclass
+class Services:
+    """Everything the routes need, built once at start-up."""
+
+    settings: Settings
+    pipeline: Pipeline
+    metrics: Metrics
+    extra: dict[str, Any]
+    draining: bool = False
+
+
+def services(request: Request) -> Services:
+    svc: Services = request.app.state.services
+    return svc

@@ -1,0 +1,1 @@
+"""The cost ledger: one record per request that reached an engine."""

@@ -1,0 +1,83 @@
+"""Prometheus collectors, one registry per app (no module-level mutable state).
+
+Label values come only from configuration (model names, tiers, engine names) or fixed
+vocabularies, never from request data, so cardinality stays bounded.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+TTFT_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+class Metrics:
+    """All gateway collectors."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "tollgate_requests",
+            "Requests by client model, tier and status.",
+            ["model", "tier", "status"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "tollgate_request_duration_seconds",
+            "End-to-end request latency.",
+            ["model", "tier"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.ttft = Histogram(
+            "tollgate_time_to_first_token_seconds",
+            "Time to first streamed token.",
+            ["model", "tier"],
+            buckets=TTFT_BUCKETS,
+            registry=r,
+        )
+        self.tokens = Counter(
+            "tollgate_tokens",
+            "Tokens by model, tier and kind (prompt, completion).",
+            ["model", "tier", "kind"],
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "tollgate_in_flight_requests", "Requests being served by this process.", registry=r
+        )
+        self.engine_in_flight = Gauge(
+            "tollgate_engine_in_flight_requests",
+            "In-flight requests per engine.",
+            ["engine", "tier"],
+            registry=r,
+        )
+        self.queue_wait = Histogram(
+            "tollgate_engine_queue_wait_seconds",
+            "Time spent waiting for an engine slot.",
+            ["tier"],
+            buckets=TTFT_BUCKETS,
+            registry=r,
+        )
+        self.upstream_errors = Counter(
+            "tollgate_upstream_errors",
+            "Engine failures by engine and error code.",
+            ["engine", "code"],
+            registry=r,
+        )
+        self.retries = Counter(
+            "tollgate_retries", "Requests retried on another engine.", ["tier"], registry=r
+        )
+        self.route_decisions = Counter(
+            "tollgate_route_decisions",
+            "Routing decisions by tier and reason.",
+            ["tier", "reason"],
+            registry=r,
+        )
+        self.cost = Counter(
+            "tollgate_cost_usd", "Cost of served requests in USD.", ["model", "tier"], registry=r
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,109 @@
+"""Background engine monitor: health probes and vLLM /metrics scraping.
+
+Health probes re-admit ejected engines and eject dead ones; the scraped queue gauges
+(``vllm:num_requests_waiting``, ``vllm:num_requests_running``,
+``vllm:kv_cache_usage_perc``) feed load-aware routing. One task per app, not per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+from gateway.config import BreakerSettings
+from gateway.engines import Engine, EngineClient
+from gateway.errors import GatewayError
+from gateway.routing.health import Breakers
+from gateway.routing.pool import EnginePool
+
+log = logging.getLogger(__name__)
+
+_GAUGES = {
+    "vllm:num_requests_waiting": "waiting",
+    "vllm:num_requests_running": "running",
+    "vllm:kv_cache_usage_perc": "kv_cache_usage",
+    "vllm:gpu_cache_usage_perc": "kv_cache_usage",
+}
+
+
+def parse_vllm_metrics(text: str) -> dict[str, float]:
+    """Sum the gauges we use across label sets (one engine may serve several names)."""
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line or line[0] == "#":
+            continue
+        name, _, rest = line.partition("{") if "{" in line else line.partition(" ")
+        attr = _GAUGES.get(name.strip())
+        if attr is None:
+            continue
+        value = rest.rsplit(" ", 1)[-1] if "{" in line else rest
+        try:
+            out[attr] = out.get(attr, 0.0) + float(value)
+        except ValueError:
+            continue
+    return out
+
+
+class EngineMonitor:
+    """Polls every engine's /health and /metrics in the background."""
+
+    def __init__(
+        self, pool: EnginePool, client: EngineClient, breakers: Breakers, settings: BreakerSettings
+    ) -> None:
+        self._pool = pool
+        self._client = client
+        self._breakers = breakers
+        self._settings = settings
+        self._task: asyncio.Task[None] | None = None
+
+    async def check_once(self) -> None:
+        await asyncio.gather(*(self._probe(e) for e in self._pool.engines.values()))
+
+    async def _probe(self, engine: Engine) -> None:
+        timeout = min(2.0, self._settings.health_interval_s)
+        try:
+            resp = await self._client.get(engine, "/health", timeout)
+            ok = resp.status_code == 200
+        except GatewayError:
+            ok = False
+        if ok:
+            if not engine.healthy:
+                log.info("engine healthy again", extra={"engine": engine.name})
+            self._breakers.success(engine)
+            await self._scrape(engine, timeout)
+        elif engine.healthy:
+            log.warning("engine failed its health check", extra={"engine": engine.name})
+            self._breakers.eject(engine)
+
+    async def _scrape(self, engine: Engine, timeout: float) -> None:
+        try:
+            resp = await self._client.get(engine, "/metrics", timeout)
+        except GatewayError:
+            return
+        if resp.status_code != 200:
+            return
+        values = parse_vllm_metrics(resp.text)
+        engine.waiting = values.get("waiting", 0.0)
+        engine.running = values.get("running", 0.0)
+        engine.kv_cache_usage = values.get("kv_cache_usage", 0.0)
+        engine.metrics_at = time.monotonic()
+
+    async def _run(self) -> None:
+        interval = min(self._settings.health_interval_s, self._settings.metrics_interval_s)
+        while True:
+            with contextlib.suppress(Exception):
+                await self.check_once()
+            await asyncio.sleep(interval)
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None

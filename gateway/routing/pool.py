@@ -1,0 +1,100 @@
+"""Engines grouped by tier, with per-engine concurrency caps and bounded wait queues.
+
+A request holds a :class:`Slot` on an engine while it is in flight. When an engine is at
+``max_concurrency`` the request waits in a bounded FIFO for at most ``queue_timeout_s``;
+a full queue or an expired wait sheds the request with 503 + ``Retry-After`` instead of
+letting vLLM's own (unbounded) queue grow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+from collections.abc import Iterable
+
+from gateway.config import EngineSettings
+from gateway.engines import Engine
+from gateway.errors import OverloadedError, with_retry_after
+
+
+class Slot:
+    """One in-flight request on one engine; ``release`` exactly once."""
+
+    __slots__ = ("_pool", "engine", "released")
+
+    def __init__(self, pool: EnginePool, engine: Engine) -> None:
+        self._pool = pool
+        self.engine = engine
+        self.released = False
+
+    def release(self) -> None:
+        if not self.released:
+            self.released = True
+            self._pool._release(self.engine)
+
+
+class EnginePool:
+    """All engines, by tier; the source of truth for in-flight counts."""
+
+    def __init__(self, engines: Iterable[EngineSettings]) -> None:
+        self.engines: dict[str, Engine] = {e.name: Engine(e) for e in engines}
+        self.by_tier: dict[str, list[Engine]] = {}
+        for engine in self.engines.values():
+            self.by_tier.setdefault(engine.tier, []).append(engine)
+        self._waiters: dict[str, collections.deque[asyncio.Future[None]]] = {
+            name: collections.deque() for name in self.engines
+        }
+
+    @property
+    def tiers(self) -> list[str]:
+        return list(self.by_tier)
+
+    def queue_depth(self, engine: Engine) -> int:
+        return len(self._waiters[engine.name])
+
+    async def acquire(self, engine: Engine) -> Slot:
+        cap = engine.settings.max_concurrency
+        waiters = self._waiters[engine.name]
+        if engine.in_flight < cap and not waiters:
+            engine.in_flight += 1
+            return Slot(self, engine)
+        if len(waiters) >= engine.settings.max_queue:
+            raise with_retry_after(
+                OverloadedError(f"The {engine.tier} tier is at capacity; try again shortly."),
+                1,
+            )
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        waiters.append(fut)
+        try:
+            async with asyncio.timeout(engine.settings.queue_timeout_s):
+                await fut
+        except TimeoutError:
+            raise with_retry_after(
+                OverloadedError(
+                    f"The {engine.tier} tier stayed at capacity for "
+                    f"{engine.settings.queue_timeout_s:g}s; try again shortly."
+                ),
+                engine.settings.queue_timeout_s,
+            ) from None
+        except BaseException:
+            if fut.done() and not fut.cancelled():
+                # We were handed a slot but are leaving: pass it on.
+                self._release(engine)
+            raise
+        finally:
+            if not fut.done():
+                fut.cancel()
+            with contextlib.suppress(ValueError):
+                waiters.remove(fut)
+        return Slot(self, engine)
+
+    def _release(self, engine: Engine) -> None:
+        waiters = self._waiters[engine.name]
+        while waiters:
+            fut = waiters.popleft()
+            if not fut.done():
+                # Hand the slot over directly: in_flight stays the same.
+                fut.set_result(None)
+                return
+        engine.in_flight -= 1

@@ -1,0 +1,69 @@
+"""Run the gateway under uvicorn with a bounded graceful drain on SIGTERM."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI
+
+from gateway import logs
+from gateway.app import create_app
+from gateway.config import Settings
+
+
+def app_from_env() -> FastAPI:
+    """Factory for uvicorn workers: reads ``$TOLLGATE_CONFIG``."""
+    settings = Settings.load()
+    logs.configure(settings.server.log_level)
+    return create_app(settings)
+
+
+class DrainingServer(uvicorn.Server):
+    """Marks the app as draining (readiness 503, new requests refused) on SIGTERM.
+
+    uvicorn then stops accepting, waits up to ``timeout_graceful_shutdown`` for in-flight
+    requests and streams, and runs the lifespan shutdown (ledger flush) before exiting 0.
+    """
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        app = self.config.loaded_app
+        while app is not None and not isinstance(app, FastAPI):
+            app = getattr(app, "app", None)
+        svc = getattr(getattr(app, "state", None), "services", None)
+        if svc is not None:
+            svc.draining = True
+        super().handle_exit(sig, frame)
+
+
+def uvicorn_kwargs(settings: Settings) -> dict[str, Any]:
+    return {
+        "host": settings.server.host,
+        "port": settings.server.port,
+        "loop": "uvloop",
+        "http": "httptools",
+        "lifespan": "on",
+        "access_log": False,
+        "log_config": None,
+        "timeout_graceful_shutdown": settings.server.drain_seconds,
+        "timeout_keep_alive": 75,
+        "backlog": 4096,
+    }
+
+
+def run(settings: Settings, config_path: str | None) -> None:
+    logs.configure(settings.server.log_level)
+    if settings.server.workers > 1:
+        if config_path:
+            os.environ["TOLLGATE_CONFIG"] = config_path
+        uvicorn.run(
+            "gateway.serve:app_from_env",
+            factory=True,
+            workers=settings.server.workers,
+            **uvicorn_kwargs(settings),
+        )
+        return
+    config = uvicorn.Config(create_app(settings), **uvicorn_kwargs(settings))
+    server = DrainingServer(config)
+    server.run()

@@ -1,0 +1,222 @@
+"""Server-sent events to the client: framing, usage extraction, disconnects, keep-alive.
+
+:class:`SSEResponse` is a small ASGI response written for this gateway instead of
+sse-starlette's ``EventSourceResponse``, for three reasons (see README, "Streaming"):
+
+* it holds the response headers back until the first event exists, so a failure before
+  the first token is still a proper HTTP error (and may be retried on another engine);
+* keep-alive comments go out only after a silence, not on a fixed beat;
+* on SIGTERM it lets in-flight streams finish (sse-starlette ends them at once).
+
+Three tasks serve one stream: the pump (events → socket), a disconnect watcher (aborts
+the pump, which closes the upstream request) and the keep-alive pinger. Nothing is
+spawned per chunk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import orjson
+from starlette.responses import Response
+from starlette.types import Message, Receive, Scope, Send
+
+from gateway.errors import GatewayError, InternalError
+
+DONE_FRAME = b"data: [DONE]\n\n"
+KEEPALIVE_FRAME = b": keep-alive\n\n"
+SSE_HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+]
+
+
+def frame(payload: bytes) -> bytes:
+    return b"data: " + payload + b"\n\n"
+
+
+def error_frame(err: GatewayError) -> bytes:
+    return frame(err.to_json())
+
+
+class StreamOutcome:
+    """How a stream ended, for settlement and the ledger."""
+
+    __slots__ = ("client_disconnected", "committed", "error", "frames_sent")
+
+    def __init__(self) -> None:
+        self.committed = False
+        self.frames_sent = 0
+        self.client_disconnected = False
+        self.error: GatewayError | None = None
+
+
+class SSEResponse(Response):
+    """ASGI response streaming ``events`` (already framed bytes) as SSE.
+
+    ``events`` may raise :class:`GatewayError`: before the first frame it becomes an
+    ordinary JSON error response; after it, an SSE error frame followed by ``[DONE]``.
+    ``on_finish`` always runs once, after the stream ended for any reason.
+    """
+
+    def __init__(
+        self,
+        events: AsyncIterator[bytes],
+        *,
+        headers: Callable[[], list[tuple[bytes, bytes]]],
+        error_headers: Callable[[GatewayError], list[tuple[bytes, bytes]]],
+        on_finish: Callable[[StreamOutcome], Awaitable[None]],
+        keepalive_s: float,
+        outcome: StreamOutcome | None = None,
+    ) -> None:
+        # Not calling Response.__init__: headers are decided when the first event exists.
+        self.status_code = 200
+        self.background = None
+        self._events = events
+        self._headers = headers
+        self._error_headers = error_headers
+        self._on_finish = on_finish
+        self._keepalive_s = keepalive_s
+        self.outcome = outcome or StreamOutcome()
+        self._lock = asyncio.Lock()
+        self._last_send = 0.0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        outcome = self.outcome
+        loop = asyncio.get_running_loop()
+        self._last_send = loop.time()
+        pump = asyncio.current_task()
+        assert pump is not None
+        watcher = loop.create_task(self._watch_disconnect(receive, pump))
+        pinger = loop.create_task(self._ping(send))
+        try:
+            await self._pump(send)
+        except asyncio.CancelledError:
+            if not outcome.client_disconnected:
+                raise
+            # The watcher cancelled us: the client is gone. Swallow and finish cleanly.
+            t = asyncio.current_task()
+            if t is not None:
+                t.uncancel()
+        except OSError:
+            outcome.client_disconnected = True
+        finally:
+            watcher.cancel()
+            pinger.cancel()
+            with contextlib.suppress(BaseException):
+                await self._events.aclose()  # type: ignore[attr-defined]
+            await asyncio.shield(self._on_finish(outcome))
+
+    async def _commit(self, send: Send, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        self.outcome.committed = True
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+
+    async def _pump(self, send: Send) -> None:
+        outcome = self.outcome
+        loop = asyncio.get_running_loop()
+        try:
+            async for chunk in self._events:
+                async with self._lock:
+                    if not outcome.committed:
+                        await self._commit(send, 200, self._headers())
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                    self._last_send = loop.time()
+                outcome.frames_sent += 1
+        except GatewayError as err:
+            outcome.error = err
+            await self._send_error(send, err)
+            return
+        except (asyncio.CancelledError, OSError):
+            raise
+        except Exception:
+            err = InternalError("The stream failed inside the gateway.")
+            outcome.error = err
+            await self._send_error(send, err)
+            raise
+        async with self._lock:
+            if not outcome.committed:
+                await self._commit(send, 200, self._headers())
+            await send({"type": "http.response.body", "body": DONE_FRAME, "more_body": False})
+
+    async def _send_error(self, send: Send, err: GatewayError) -> None:
+        async with self._lock:
+            if not self.outcome.committed:
+                body = err.to_json()
+                headers = [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    *self._error_headers(err),
+                ]
+                await self._commit(send, err.status_code, headers)
+                await send({"type": "http.response.body", "body": body, "more_body": False})
+            else:
+                await send(
+                    {
+                        "type": "http.response.body",
+                        "body": error_frame(err) + DONE_FRAME,
+                        "more_body": False,
+                    }
+                )
+
+    async def _watch_disconnect(self, receive: Receive, pump: asyncio.Task[Any]) -> None:
+        while True:
+            message: Message = await receive()
+            if message["type"] == "http.disconnect":
+                self.outcome.client_disconnected = True
+                pump.cancel()
+                return
+
+    async def _ping(self, send: Send) -> None:
+        loop = asyncio.get_running_loop()
+        interval = self._keepalive_s
+        while True:
+            await asyncio.sleep(max(0.0, self._last_send + interval - loop.time()))
+            if loop.time() - self._last_send < interval:
+                continue
+            async with self._lock:
+                if not self.outcome.committed:
+                    await self._commit(send, 200, self._headers())
+                await send(
+                    {"type": "http.response.body", "body": KEEPALIVE_FRAME, "more_body": True}
+                )
+                self._last_send = loop.time()
+
+
+class UsageTracker:
+    """Reads upstream SSE payloads: finds usage, counts output, spots in-stream errors."""
+
+    __slots__ = ("chunks", "finish_reason", "text_parts", "usage")
+
+    def __init__(self) -> None:
+        self.usage: dict[str, Any] | None = None
+        self.chunks = 0
+        self.text_parts: list[str] = []
+        self.finish_reason: str | None = None
+
+    def inspect(self, payload: bytes) -> tuple[dict[str, Any] | None, bool]:
+        """Return (upstream error object or None, is_usage_only_chunk)."""
+        obj = orjson.loads(payload)
+        if not isinstance(obj, dict):
+            return None, False
+        err = obj.get("error")
+        if err is not None and not obj.get("choices"):
+            return (err if isinstance(err, dict) else {"message": str(err)}), False
+        usage = obj.get("usage")
+        if usage:
+            self.usage = usage
+        choices = obj.get("choices")
+        if choices:
+            self.chunks += 1
+            for c in choices:
+                delta = c.get("delta")
+                text = delta.get("content") if isinstance(delta, dict) else c.get("text")
+                if text:
+                    self.text_parts.append(text)
+                if c.get("finish_reason"):
+                    self.finish_reason = c["finish_reason"]
+            return None, False
+        return None, usage is not None

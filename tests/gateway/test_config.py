@@ -1,0 +1,91 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway.config import ConfigError, Settings
+
+BASE = """
+engines:
+  - {name: s0, url: "http://127.0.0.1:9101", tier: small, model: m-small}
+  - {name: l0, url: "http://127.0.0.1:9102", tier: large, model: m-large}
+models:
+  - {name: small, tier: small, aliases: [gpt-4o-mini]}
+  - {name: large, tier: large}
+  - {name: auto, auto: true}
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "cfg.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_loads_yaml_and_defaults(tmp_path: Path) -> None:
+    s = Settings.load(write(tmp_path, BASE))
+    assert [e.name for e in s.engines] == ["s0", "l0"]
+    assert s.server.max_body_bytes == 4 * 1024 * 1024
+    assert s.models[0].aliases == ["gpt-4o-mini"]
+
+
+def test_env_overrides_yaml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TOLLGATE_SERVER__PORT", "9999")
+    s = Settings.load(write(tmp_path, BASE + "server: {port: 8001}\n"))
+    assert s.server.port == 9999
+
+
+@pytest.mark.parametrize(
+    ("extra", "field"),
+    [
+        ("server: {port: 99999}\n", "server.port"),
+        ("server: {max_body_bytes: nope}\n", "server.max_body_bytes"),
+        ("quotas: {backend: memcached}\n", "quotas.backend"),
+        ("bogus_section: 1\n", "bogus_section"),
+    ],
+)
+def test_bad_field_is_named(tmp_path: Path, extra: str, field: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        Settings.load(write(tmp_path, BASE + extra))
+    assert field in str(exc.value)
+
+
+def test_model_tier_without_engine_is_rejected(tmp_path: Path) -> None:
+    text = BASE.replace("{name: large, tier: large}", "{name: large, tier: huge}")
+    with pytest.raises(ConfigError, match=r"models\[1\]\.tier: .*'huge'"):
+        Settings.load(write(tmp_path, text))
+
+
+def test_engine_url_must_be_http(tmp_path: Path) -> None:
+    text = BASE.replace('"http://127.0.0.1:9101"', '"file:///etc/passwd"')
+    with pytest.raises(ConfigError, match=r"engines\.0"):
+        Settings.load(write(tmp_path, text))
+
+
+def test_engine_pointing_at_gateway_is_a_loop(tmp_path: Path) -> None:
+    text = BASE.replace("9101", "8000")
+    with pytest.raises(ConfigError, match="loop"):
+        Settings.load(write(tmp_path, text))
+
+
+def test_duplicate_model_names(tmp_path: Path) -> None:
+    text = BASE.replace("aliases: [gpt-4o-mini]", "aliases: [large]")
+    with pytest.raises(ConfigError, match="defined twice"):
+        Settings.load(write(tmp_path, text))
+
+
+def test_workers_need_redis(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="redis"):
+        Settings.load(write(tmp_path, BASE + "server: {workers: 2}\n"))
+
+
+def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        Settings.load(tmp_path / "missing.yaml")
+
+
+def test_shipped_config_is_valid() -> None:
+    s = Settings.load(Path(__file__).parents[2] / "configs" / "tollgate.yaml")
+    assert {e.tier for e in s.engines} == {"small", "large"}
+    assert {m.name for m in s.models} >= {"small", "large", "auto"}
