@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import threading
+from collections.abc import Generator
 from typing import Any
 
 import uvicorn
@@ -35,6 +39,21 @@ class DrainingServer(uvicorn.Server):
         if svc is not None:
             svc.draining = True
         super().handle_exit(sig, frame)
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        # uvicorn re-raises the captured signal after shutdown, so the process dies "by
+        # SIGTERM" (exit status -15). A drained, flushed gateway exits 0 instead.
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        handled = (signal.SIGINT, signal.SIGTERM)
+        original = {sig: signal.signal(sig, self.handle_exit) for sig in handled}
+        try:
+            yield
+        finally:
+            for sig, handler in original.items():
+                signal.signal(sig, handler)
 
 
 def uvicorn_kwargs(settings: Settings) -> dict[str, Any]:
