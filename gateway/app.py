@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -84,6 +85,11 @@ async def build_services(
         recorder=recorder or NullRecorder(),
         metrics=metrics,
     )
+    metrics.in_flight.set_function(lambda: pipeline.active)
+    for engine in pool.engines.values():
+        metrics.engine_in_flight.labels(engine.name, engine.tier).set_function(
+            lambda e=engine: e.in_flight  # type: ignore[misc]
+        )
     engine_monitor = EngineMonitor(pool, client, breakers, settings.routing.breaker)
     svc = Services(
         settings=settings,
@@ -94,13 +100,24 @@ async def build_services(
     if monitor:
         await engine_monitor.check_once()
         engine_monitor.start()
+    lag_task = asyncio.get_running_loop().create_task(_measure_loop_lag(metrics))
     try:
         yield svc
     finally:
         svc.draining = True
+        lag_task.cancel()
         await engine_monitor.stop()
         await pipeline.quotas.aclose()
         await client.aclose()
+
+
+async def _measure_loop_lag(metrics: Metrics, interval: float = 0.25) -> None:
+    """Event-loop saturation hides from handler timers; sleep drift shows it."""
+    loop = asyncio.get_running_loop()
+    while True:
+        start = loop.time()
+        await asyncio.sleep(interval)
+        metrics.loop_lag.set(max(0.0, loop.time() - start - interval))
 
 
 def create_app(settings: Settings, **service_overrides: Any) -> FastAPI:

@@ -75,6 +75,11 @@ class Metrics:
             ["tier", "reason"],
             registry=r,
         )
+        self.loop_lag = Gauge(
+            "tollgate_event_loop_lag_seconds",
+            "How late the event loop woke a 250 ms timer (saturation).",
+            registry=r,
+        )
         self.cost = Counter(
             "tollgate_cost_usd", "Cost of served requests in USD.", ["model", "tier"], registry=r
         )

@@ -119,6 +119,8 @@ class Pipeline:
         self.metrics = metrics
         self._server = settings.server
         self._reference = prices.reference_model or self._default_reference()
+        #: Requests between authentication and finish (the in-flight gauge reads it).
+        self.active = 0
 
     # ------------------------------------------------------------------ entry point
 
@@ -131,12 +133,15 @@ class Pipeline:
         )
 
     async def handle(self, ctx: RequestContext, authorization: str | None, body: bytes) -> Response:
+        self.active += 1
         try:
             await self.authenticate(ctx, authorization)
             self.parse(ctx, body)
             await self.admit(ctx)
-        except GatewayError as err:
-            self._observe_rejection(ctx, err)
+        except BaseException as err:
+            self.active -= 1
+            if isinstance(err, GatewayError):
+                self._observe_rejection(ctx, err)
             raise
         assert ctx.request is not None
         if ctx.request.stream:
@@ -319,6 +324,7 @@ class Pipeline:
         if ctx.finished:
             return
         ctx.finished = True
+        self.active -= 1
         if ctx.error is not None:
             ctx.http_status = ctx.error.status_code
             if ctx.status == "ok":

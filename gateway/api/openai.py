@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
 import secrets
 import time
@@ -51,7 +53,33 @@ async def _serve(request: Request, endpoint: Endpoint) -> Response:
     pipeline = svc.pipeline
     ctx = pipeline.new_context(rid, endpoint)
     body = await read_body(request, svc.settings.server.max_body_bytes)
-    return await pipeline.handle(ctx, request.headers.get("authorization"), body)
+    # A client that hangs up while a non-streaming request runs aborts it upstream too
+    # (streams have their own watcher in SSEResponse).
+    task = asyncio.current_task()
+    assert task is not None
+    gone = asyncio.Event()
+    watcher = asyncio.get_running_loop().create_task(_watch_disconnect(request, task, gone))
+    try:
+        return await pipeline.handle(ctx, request.headers.get("authorization"), body)
+    except asyncio.CancelledError:
+        if not gone.is_set():
+            raise
+        task.uncancel()
+        return Response(status_code=499)
+    finally:
+        watcher.cancel()
+
+
+async def _watch_disconnect(
+    request: Request, task: asyncio.Task[object], gone: asyncio.Event
+) -> None:
+    with contextlib.suppress(asyncio.CancelledError):
+        while True:
+            message = await request.receive()
+            if message["type"] == "http.disconnect":
+                gone.set()
+                task.cancel()
+                return
 
 
 @router.post("/chat/completions")

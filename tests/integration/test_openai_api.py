@@ -349,3 +349,22 @@ def test_health_ready_and_metrics(client: openai.OpenAI, gateway: RunningGateway
 def test_unknown_path_is_openai_shaped_404(gateway: RunningGateway) -> None:
     r = httpx.get(gateway.base_url + "/v1/nope")
     assert r.status_code == 404 and r.json()["error"]["code"] == "unknown_url"
+
+
+def test_client_disconnect_aborts_a_non_streaming_request(
+    gateway: RunningGateway, standin_pair: dict[str, StandinProcess]
+) -> None:
+    set_fault(standin_pair["large"], mode="slow_first_token", ms=3000)
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(
+            gateway.v1 + "/chat/completions",
+            headers={"authorization": f"Bearer {CLIENT_KEY}"},
+            json={"model": "large", "messages": MSGS, "max_tokens": 5},
+            timeout=httpx.Timeout(5, read=0.3),
+        )
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and stats(standin_pair["large"])["aborted"] != 1:
+        time.sleep(0.05)
+    assert stats(standin_pair["large"])["aborted"] == 1
+    assert gateway.services.pipeline.active == 0
+    assert gateway.services.pipeline.pool.engines["large-0"].in_flight == 0
