@@ -77,7 +77,7 @@ class SSEResponse(Response):
         self.status_code = 200
         self.background = None
         self._events = events
-        self._headers = headers
+        self._make_headers = headers
         self._error_headers = error_headers
         self._on_finish = on_finish
         self._keepalive_s = keepalive_s
@@ -122,7 +122,7 @@ class SSEResponse(Response):
             async for chunk in self._events:
                 async with self._lock:
                     if not outcome.committed:
-                        await self._commit(send, 200, self._headers())
+                        await self._commit(send, 200, self._make_headers())
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
                     self._last_send = loop.time()
                 outcome.frames_sent += 1
@@ -133,13 +133,13 @@ class SSEResponse(Response):
         except (asyncio.CancelledError, OSError):
             raise
         except Exception:
-            err = InternalError("The stream failed inside the gateway.")
-            outcome.error = err
-            await self._send_error(send, err)
+            internal = InternalError("The stream failed inside the gateway.")
+            outcome.error = internal
+            await self._send_error(send, internal)
             raise
         async with self._lock:
             if not outcome.committed:
-                await self._commit(send, 200, self._headers())
+                await self._commit(send, 200, self._make_headers())
             await send({"type": "http.response.body", "body": DONE_FRAME, "more_body": False})
 
     async def _send_error(self, send: Send, err: GatewayError) -> None:
@@ -179,7 +179,7 @@ class SSEResponse(Response):
                 continue
             async with self._lock:
                 if not self.outcome.committed:
-                    await self._commit(send, 200, self._headers())
+                    await self._commit(send, 200, self._make_headers())
                 await send(
                     {"type": "http.response.body", "body": KEEPALIVE_FRAME, "more_body": True}
                 )
