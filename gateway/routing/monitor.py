@@ -14,11 +14,14 @@ import time
 
 from gateway.config import BreakerSettings
 from gateway.engines import Engine, EngineClient
-from gateway.errors import GatewayError
+from gateway.errors import EngineUnavailableError, GatewayError
 from gateway.routing.health import Breakers
 from gateway.routing.pool import EnginePool
 
 log = logging.getLogger(__name__)
+
+#: Time allowed for one /health or /metrics answer.
+PROBE_TIMEOUT_S = 2.0
 
 _GAUGES = {
     "vllm:num_requests_waiting": "waiting",
@@ -62,20 +65,30 @@ class EngineMonitor:
         await asyncio.gather(*(self._probe(e) for e in self._pool.engines.values()))
 
     async def _probe(self, engine: Engine) -> None:
-        timeout = min(2.0, self._settings.health_interval_s)
+        # Not tied to the interval: a short interval must not turn a busy engine's slow
+        # answer into an ejection.
+        timeout = PROBE_TIMEOUT_S
+        definite = False
         try:
             resp = await self._client.get(engine, "/health", timeout)
             ok = resp.status_code == 200
+        except EngineUnavailableError:
+            ok, definite = False, True  # refused: nobody is there
         except GatewayError:
             ok = False
         if ok:
-            if not engine.healthy:
-                log.info("engine healthy again", extra={"engine": engine.name})
-            self._breakers.success(engine)
+            was_out = self._breakers.state(engine).by_health
+            self._breakers.health_passed(engine)
+            if was_out:
+                log.info("engine passed its health check again", extra={"engine": engine.name})
             await self._scrape(engine, timeout)
-        elif engine.healthy:
-            log.warning("engine failed its health check", extra={"engine": engine.name})
-            self._breakers.eject(engine)
+        else:
+            was_out = self._breakers.state(engine).by_health
+            self._breakers.health_failed(engine, definite=definite)
+            if self._breakers.state(engine).by_health:
+                if not was_out:
+                    log.warning("engine failed its health check", extra={"engine": engine.name})
+                engine.metrics_at = 0.0  # its last metrics say nothing about it now
 
     async def _scrape(self, engine: Engine, timeout: float) -> None:
         try:
@@ -88,14 +101,30 @@ class EngineMonitor:
         engine.waiting = values.get("waiting", 0.0)
         engine.running = values.get("running", 0.0)
         engine.kv_cache_usage = values.get("kv_cache_usage", 0.0)
+        engine.scraped_in_flight = engine.in_flight
         engine.metrics_at = time.monotonic()
 
+    async def scrape_once(self) -> None:
+        """Refresh the load gauges of every engine that is not ejected."""
+        timeout = PROBE_TIMEOUT_S
+        await asyncio.gather(
+            *(self._scrape(e, timeout) for e in self._pool.engines.values() if e.healthy)
+        )
+
     async def _run(self) -> None:
-        interval = min(self._settings.health_interval_s, self._settings.metrics_interval_s)
+        # Health every health_interval_s; metrics (cheap, and what load-aware routing
+        # reads) every metrics_interval_s in between.
+        s = self._settings
+        loop = asyncio.get_running_loop()
+        next_health = loop.time() + s.health_interval_s
         while True:
+            await asyncio.sleep(min(s.metrics_interval_s, max(0.0, next_health - loop.time())))
             with contextlib.suppress(Exception):
-                await self.check_once()
-            await asyncio.sleep(interval)
+                if loop.time() >= next_health:
+                    next_health = loop.time() + s.health_interval_s
+                    await self.check_once()
+                else:
+                    await self.scrape_once()
 
     def start(self) -> None:
         if self._task is None:

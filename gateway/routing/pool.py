@@ -4,6 +4,10 @@ A request holds a :class:`Slot` on an engine while it is in flight. When an engi
 ``max_concurrency`` the request waits in a bounded FIFO for at most ``queue_timeout_s``;
 a full queue or an expired wait sheds the request with 503 + ``Retry-After`` instead of
 letting vLLM's own (unbounded) queue grow.
+
+The pool is also where load is read: :meth:`EnginePool.outstanding` is this gateway's
+exact count, :meth:`EnginePool.load` and :meth:`EnginePool.waiting` blend in the
+engine's own scraped ``/metrics`` (which also see other gateway replicas' requests).
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import time
 from collections.abc import Iterable
 
 from gateway.config import EngineSettings
@@ -37,7 +42,7 @@ class Slot:
 class EnginePool:
     """All engines, by tier; the source of truth for in-flight counts."""
 
-    def __init__(self, engines: Iterable[EngineSettings]) -> None:
+    def __init__(self, engines: Iterable[EngineSettings], *, metrics_stale_s: float = 5.0) -> None:
         self.engines: dict[str, Engine] = {e.name: Engine(e) for e in engines}
         self.by_tier: dict[str, list[Engine]] = {}
         for engine in self.engines.values():
@@ -45,13 +50,53 @@ class EnginePool:
         self._waiters: dict[str, collections.deque[asyncio.Future[None]]] = {
             name: collections.deque() for name in self.engines
         }
+        self._stale_s = metrics_stale_s
 
     @property
     def tiers(self) -> list[str]:
         return list(self.by_tier)
 
+    # ------------------------------------------------------------------ load
+
     def queue_depth(self, engine: Engine) -> int:
         return len(self._waiters[engine.name])
+
+    def outstanding(self, engine: Engine) -> int:
+        """Requests this gateway has on the engine, running or waiting for a slot."""
+        return engine.in_flight + len(self._waiters[engine.name])
+
+    def _fresh(self, engine: Engine, now: float) -> bool:
+        return engine.metrics_at > 0.0 and now - engine.metrics_at <= self._stale_s
+
+    def waiting(self, engine: Engine, now: float | None = None) -> float:
+        """Requests queued in front of a new one: vLLM's queue plus our wait queue.
+
+        The scraped ``num_requests_waiting`` is corrected by how our own in-flight count
+        moved since the scrape, so a burst shows up before the next scrape does.
+        """
+        queued = float(len(self._waiters[engine.name]))
+        if self._fresh(engine, time.monotonic() if now is None else now):
+            drift = engine.in_flight - engine.scraped_in_flight
+            queued += max(0.0, engine.waiting + drift)
+        return queued
+
+    def load(self, engine: Engine, now: float | None = None) -> float:
+        """Outstanding requests as best known: ours, or the engine's own count if larger."""
+        own = float(engine.in_flight + len(self._waiters[engine.name]))
+        if self._fresh(engine, time.monotonic() if now is None else now):
+            drift = engine.in_flight - engine.scraped_in_flight
+            seen = engine.running + engine.waiting + drift + len(self._waiters[engine.name])
+            return max(own, seen)
+        return own
+
+    # ------------------------------------------------------------------ slots
+
+    def try_acquire(self, engine: Engine) -> Slot | None:
+        """A slot now, or None (never waits; used for shadow traffic)."""
+        if engine.in_flight < engine.settings.max_concurrency and not self._waiters[engine.name]:
+            engine.in_flight += 1
+            return Slot(self, engine)
+        return None
 
     async def acquire(self, engine: Engine) -> Slot:
         cap = engine.settings.max_concurrency
@@ -66,9 +111,11 @@ class EnginePool:
             )
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         waiters.append(fut)
+        granted = False
         try:
             async with asyncio.timeout(engine.settings.queue_timeout_s):
                 await fut
+            granted = True
         except TimeoutError:
             raise with_retry_after(
                 OverloadedError(
@@ -77,12 +124,10 @@ class EnginePool:
                 ),
                 engine.settings.queue_timeout_s,
             ) from None
-        except BaseException:
-            if fut.done() and not fut.cancelled():
-                # We were handed a slot but are leaving: pass it on.
-                self._release(engine)
-            raise
         finally:
+            if not granted and fut.done() and not fut.cancelled():
+                # A slot was handed to us as we timed out or were cancelled: pass it on.
+                self._release(engine)
             if not fut.done():
                 fut.cancel()
             with contextlib.suppress(ValueError):

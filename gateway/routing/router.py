@@ -1,24 +1,39 @@
-"""The route stage: model name → tier (fixed or by policy) → ordered engine candidates."""
+"""The route stage: model name → tier (fixed or by policy) → ordered engine candidates.
+
+:meth:`Router.decide` is on every request's path and is kept cheap (see
+``bench/routing_bench.py``): a policy decision, then for the chosen tier a version draw
+(rollouts), then replica ordering (:class:`Balancer`). When fallback is on, the other
+tier's engines follow the chosen tier's in the candidate list; a request that ends up
+there is recorded with ``;fallback_from:TIER``.
+"""
 
 from __future__ import annotations
 
+import random
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.config import ModelSettings, Settings
 from gateway.engines import Engine
 from gateway.errors import EngineUnavailableError, NotFoundError
+from gateway.routing.balancer import Balancer, prefix_hash
 from gateway.routing.health import Breakers
 from gateway.routing.policies import Features, Policy, build_policy
 from gateway.routing.pool import EnginePool
+from gateway.routing.rollout import TierRollout
 
 
 @dataclass(slots=True)
 class RouteDecision:
+    """Where one request goes and why."""
+
     tier: str
     reason: str
     #: Engines to try, best first (fallback tier's engines appended when allowed).
     candidates: list[Engine] = field(default_factory=list)
+    #: A shadow engine to mirror this request to (answer discarded), if sampled.
+    shadow: Engine | None = None
 
 
 class Router:
@@ -30,21 +45,51 @@ class Router:
         pool: EnginePool,
         breakers: Breakers,
         policy: Policy | None = None,
+        rng: random.Random | None = None,
     ) -> None:
         self._pool = pool
         self._breakers = breakers
         self._settings = settings
+        routing = settings.routing
         self._models: dict[str, ModelSettings] = {}
         for m in settings.models:
             self._models[m.name] = m
             for alias in m.aliases:
                 self._models[alias] = m
-        self._policy = policy or build_policy(settings.routing.policy, settings.routing.params)
-        self._fallback = settings.routing.fallback
+        self._policy = policy or build_policy(routing.policy, routing.params)
+        self._fallback = routing.fallback
+        self._rng = rng or random.Random()
+        self._balancer = Balancer(routing, pool, self._rng)
+        self._affinity_chars = routing.affinity_prefix_chars if routing.prefix_affinity else 0
+        self._shadow: dict[str, tuple[Engine, float]] = {}
+        for tier, rollout in routing.rollouts.items():
+            if rollout.shadow is not None and rollout.shadow.sample > 0:
+                engine = pool.engines[rollout.shadow.engine]
+                self._shadow[tier] = (engine, rollout.shadow.sample)
+        shadow_only = {r.shadow.engine for r in routing.rollouts.values() if r.shadow}
+        #: Engines that take regular traffic, by tier (shadow targets excluded).
+        self._serving: dict[str, list[Engine]] = {
+            tier: [e for e in engines if e.name not in shadow_only]
+            for tier, engines in pool.by_tier.items()
+        }
+        #: Tier → serves embeddings only (True) or generation (False).
+        self._kinds = {
+            tier: all(e.settings.embeddings for e in engines)
+            for tier, engines in pool.by_tier.items()
+        }
+        self._rollouts: dict[str, TierRollout] = {}
+        for tier, engines in self._serving.items():
+            plan = TierRollout(tier, engines, routing.rollouts.get(tier))
+            if plan.active:
+                self._rollouts[tier] = plan
 
     @property
     def pool(self) -> EnginePool:
         return self._pool
+
+    @property
+    def policy(self) -> Policy:
+        return self._policy
 
     def public_models(self) -> list[ModelSettings]:
         return list(self._settings.models)
@@ -59,36 +104,62 @@ class Router:
             )
         return model
 
+    def prefix_hash(self, raw: Mapping[str, Any]) -> int:
+        """The request's affinity key (0 when prefix affinity is off)."""
+        return prefix_hash(raw, self._affinity_chars) if self._affinity_chars else 0
+
     def decide(self, model: ModelSettings, features: Features) -> RouteDecision:
         if model.auto:
             tier, reason = self._policy.choose(features, self._pool)
         else:
             tier, reason = model.tier or "", "by_name"
-        candidates = self._ranked(tier)
-        fallback = model.fallback_tier or self._other_tier(tier)
-        if self._fallback and fallback and fallback != tier:
-            candidates += self._ranked(fallback)
+        candidates = self._ranked(tier, features)
+        if self._fallback:
+            fallback = model.fallback_tier or self._other_tier(tier)
+            if fallback and fallback != tier:
+                available = self._breakers.available
+                candidates += self._balancer.failover(
+                    [e for e in self._serving.get(fallback, ()) if available(e)]
+                )
         if not candidates:
-            raise EngineUnavailableError(f"No engine is available for the {tier} tier.")
-        return RouteDecision(tier=tier, reason=reason, candidates=candidates)
+            tiers = " or ".join(self.reachable_tiers(model)) if model.auto else tier
+            raise EngineUnavailableError(
+                f"No engine is available for the {tiers} tier; try again shortly.",
+                headers={"Retry-After": str(self._retry_after())},
+            )
+        shadow = self._shadow.get(tier)
+        sampled = shadow is not None and self._rng.random() < shadow[1]
+        return RouteDecision(
+            tier=tier,
+            reason=reason,
+            candidates=candidates,
+            shadow=shadow[0] if shadow is not None and sampled else None,
+        )
+
+    def _retry_after(self) -> int:
+        return max(1, int(self._settings.routing.breaker.open_seconds + 0.999))
 
     def _other_tier(self, tier: str) -> str | None:
-        others = [t for t in self._pool.tiers if t != tier]
+        """The one other tier of the same kind (generation or embeddings), if unique."""
+        kind = self._kinds.get(tier)
+        others = [t for t, k in self._kinds.items() if k == kind and t != tier]
         return others[0] if len(others) == 1 else None
 
-    def _ranked(self, tier: str) -> list[Engine]:
-        pool = self._pool
-        engines = [e for e in pool.by_tier.get(tier, ()) if self._breakers.available(e)]
-        if len(engines) > 1:
-            engines.sort(
-                key=lambda e: (e.in_flight + pool.queue_depth(e)) / max(e.settings.weight, 1e-9)
-            )
-        return engines
+    def _ranked(self, tier: str, f: Features) -> list[Engine]:
+        available = self._breakers.available
+        engines = [e for e in self._serving.get(tier, ()) if available(e)]
+        if len(engines) <= 1:
+            return engines
+        plan = self._rollouts.get(tier)
+        if plan is None:
+            return self._balancer.order(engines, f.prefix_hash)
+        mine, rest = plan.order(engines, plan.pick(f.key_id, self._rng))
+        return self._balancer.order(mine, f.prefix_hash) + self._balancer.order(rest, f.prefix_hash)
 
     def reachable_tiers(self, model: ModelSettings) -> list[str]:
         """Tiers a request for ``model`` may end up on (for worst-case admission)."""
         if model.auto:
-            return self._pool.tiers
+            return [t for t, embed_only in self._kinds.items() if not embed_only]
         tiers = [model.tier or ""]
         fallback = model.fallback_tier or self._other_tier(tiers[0])
         if self._fallback and fallback:
@@ -96,4 +167,12 @@ class Router:
         return tiers
 
     def describe(self) -> dict[str, Any]:
-        return {"policy": self._settings.routing.policy}
+        routing = self._settings.routing
+        return {
+            "policy": routing.policy,
+            "balancer": routing.balancer,
+            "prefix_affinity": routing.prefix_affinity,
+            "fallback": routing.fallback,
+            "rollouts": {t: p.versions for t, p in self._rollouts.items()},
+            "shadow": {t: e.name for t, (e, _) in self._shadow.items()},
+        }

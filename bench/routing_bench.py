@@ -1,0 +1,369 @@
+"""Microbenchmark of the routing decision (``Router.decide``), per policy and balancer.
+
+    python -m bench.routing_bench [--calls 20000] [--out bench/results]
+
+Each scenario builds a Router exactly as the gateway does (from Settings), then times
+``decide`` one call at a time with ``perf_counter_ns`` over a fixed, seeded mix of
+requests: short and long texts (up to 6 KB), some with tools, JSON mode, long outputs,
+keys near their budget; engines carry live-looking load (in-flight counts and scraped
+queue metrics). The target is p99 <= 100 us. The timer's own cost (~0.1 us) is included.
+
+Writes ``routing_bench.json`` and ``routing_bench.png`` and refreshes ``routing.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import random
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+from gateway.config import Settings
+from gateway.routing.health import Breakers
+from gateway.routing.policies import Features
+from gateway.routing.pool import EnginePool
+from gateway.routing.router import Router
+
+TARGET_P99_US = 100.0
+
+CLASSES = [
+    {"name": "code", "tier": "large", "keywords": ["python", "function", "stack trace", "sql"]},
+    {"name": "math", "tier": "large", "regex": r"\b(prove|integral|theorem)\b"},
+    {"name": "chitchat", "tier": "small", "keywords": ["hello", "thanks", "translate"]},
+]
+CHAIN = {
+    "steps": [
+        {"use": "rules", "classes": CLASSES},
+        {"use": "load_aware", "queue_high": 4},
+        {"use": "budget", "low_usd": 0.05},
+    ]
+}
+
+
+def engines(replicas: int, canary: bool = False) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    port = 20000
+    for tier in ("small", "large"):
+        for i in range(replicas):
+            port += 1
+            e: dict[str, Any] = {
+                "name": f"{tier}-{i}",
+                "url": f"http://127.0.0.1:{port}",
+                "tier": tier,
+                "model": f"m-{tier}",
+                "max_model_len": 8192,
+            }
+            if canary:
+                e["version"] = "v2" if i == replicas - 1 else "v1"
+            out.append(e)
+    return out
+
+
+SCENARIOS: dict[str, dict[str, Any]] = {
+    "by_name (no policy)": {"model": "small", "routing": {}},
+    "rules": {"routing": {"policy": "rules"}},
+    "rules + 3 text classes": {"routing": {"policy": "rules", "params": {"classes": CLASSES}}},
+    "load_aware": {"routing": {"policy": "load_aware"}},
+    "budget": {"routing": {"policy": "budget"}},
+    "chain (rules+classes, load, budget)": {"routing": {"policy": "chain", "params": CHAIN}},
+    "learned": {"routing": {"policy": "learned"}},
+    "chain, 4 replicas, p2c": {
+        "replicas": 4,
+        "routing": {"policy": "chain", "params": CHAIN, "balancer": "p2c"},
+    },
+    "chain, 4 replicas, prefix affinity": {
+        "replicas": 4,
+        "routing": {"policy": "chain", "params": CHAIN, "prefix_affinity": True},
+    },
+    "chain, 4 replicas, sticky canary": {
+        "replicas": 4,
+        "canary": True,
+        "routing": {
+            "policy": "chain",
+            "params": CHAIN,
+            "rollouts": {"large": {"split": "sticky"}},
+        },
+    },
+}
+
+WORDS = tuple(
+    [
+        "the",
+        "tide",
+        "rises",
+        "over",
+        "the",
+        "harbour",
+        "while",
+        "gulls",
+        "argue",
+        "about",
+        "python",
+        "function",
+        "design",
+        "and",
+        "someone",
+        "asks",
+        "to",
+        "prove",
+        "a",
+        "theorem",
+        "or",
+        "translate",
+        "a",
+        "letter",
+        "hello",
+        "thanks",
+    ]
+)
+
+
+def request_mix(n: int, seed: int = 1) -> list[Features]:
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        words = rng.choice([8, 30, 120, 600, 1000])
+        text = " ".join(rng.choice(WORDS) for _ in range(words))
+        out.append(
+            Features(
+                prompt_tokens=int(words * 1.3),
+                max_tokens=rng.choice([0, 64, 256, 1024]),
+                messages=rng.choice([1, 2, 5, 20]),
+                has_tools=rng.random() < 0.1,
+                json_mode=rng.random() < 0.1,
+                text=text,
+                budget_remaining_nusd=rng.choice([None, None, 10**7, 10**10]),
+                key_defaults=None,
+                key_id=f"key-{i % 50}",
+                prefix_hash=rng.getrandbits(64) or 1,
+            )
+        )
+    return out
+
+
+def load_pool(pool: EnginePool, seed: int = 2) -> None:
+    rng = random.Random(seed)
+    now = time.monotonic()
+    for e in pool.engines.values():
+        e.in_flight = rng.randint(0, 12)
+        e.running, e.waiting = float(rng.randint(0, 8)), float(rng.randint(0, 6))
+        e.kv_cache_usage = rng.random() * 0.9
+        e.scraped_in_flight = e.in_flight
+        e.metrics_at = now + 3600  # stays "fresh" for the whole run
+
+
+def bench_one(spec: dict[str, Any], reqs: list[Features], calls: int) -> dict[str, Any]:
+    replicas = int(spec.get("replicas", 1))
+    routing = dict(spec["routing"])
+    settings = Settings.model_validate(
+        {
+            "engines": engines(replicas, bool(spec.get("canary"))),
+            "models": [
+                {"name": "small", "tier": "small"},
+                {"name": "large", "tier": "large"},
+                {"name": "auto", "auto": True},
+            ],
+            "routing": routing,
+        }
+    )
+    pool = EnginePool(settings.engines)
+    router = Router(settings, pool, Breakers(settings.routing.breaker), rng=random.Random(3))
+    load_pool(pool)
+    model = router.resolve(str(spec.get("model", "auto")))
+    decide = router.decide
+    wall, cpu = time.perf_counter_ns, time.thread_time_ns
+    n = len(reqs)
+    for i in range(2000):  # warm-up
+        decide(model, reqs[i % n])
+    walls = [0] * calls
+    cpus = [0] * calls
+    tiers: dict[str, int] = {}
+    gc_was = gc.isenabled()
+    gc.disable()
+    try:
+        for i in range(calls):
+            f = reqs[i % n]
+            c0 = cpu()
+            t0 = wall()
+            d = decide(model, f)
+            walls[i] = wall() - t0
+            cpus[i] = cpu() - c0
+            tiers[d.tier] = tiers.get(d.tier, 0) + 1
+    finally:
+        if gc_was:
+            gc.enable()
+
+    def summary(samples: list[int]) -> dict[str, float]:
+        us = sorted(s / 1000 for s in samples)
+
+        def pct(p: float) -> float:
+            return round(us[min(len(us) - 1, int(p / 100 * len(us)))], 2)
+
+        return {
+            "p50_us": pct(50),
+            "p90_us": pct(90),
+            "p99_us": pct(99),
+            "p999_us": pct(99.9),
+            "max_us": round(us[-1], 2),
+            "mean_us": round(statistics.fmean(us), 2),
+        }
+
+    w, c = summary(walls), summary(cpus)
+    return {
+        "calls": calls,
+        **w,
+        "cpu": c,
+        "tiers": tiers,
+        "ok": c["p99_us"] <= TARGET_P99_US,
+        "ok_wall": w["p99_us"] <= TARGET_P99_US,
+    }
+
+
+def run(calls: int) -> dict[str, Any]:
+    reqs = request_mix(1000)
+    results = {}
+    for name, spec in SCENARIOS.items():
+        results[name] = bench_one(spec, reqs, calls)
+        r = results[name]
+        print(f"{name:40s} wall p50 {r['p50_us']:7.2f} p99 {r['p99_us']:8.2f} | cpu p50 "
+              f"{r['cpu']['p50_us']:7.2f} p99 {r['cpu']['p99_us']:7.2f} p99.9 "
+              f"{r['cpu']['p999_us']:7.2f} us  {r['tiers']}")  # fmt: skip
+    return {
+        "benchmark": "Router.decide microbenchmark",
+        "target_p99_us": TARGET_P99_US,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "when": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "load_average": round(os.getloadavg()[0], 2),
+        "cpus": os.cpu_count(),
+        "scenarios": results,
+    }
+
+
+def plot(data: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(data["scenarios"])
+    p50 = [data["scenarios"][n]["cpu"]["p50_us"] for n in names]
+    p99 = [data["scenarios"][n]["cpu"]["p99_us"] for n in names]
+    wall99 = [data["scenarios"][n]["p99_us"] for n in names]
+    fig, ax = plt.subplots(figsize=(9, 5.2))
+    y = range(len(names))
+    ax.barh([i - 0.27 for i in y], p50, height=0.27, label="CPU p50", color="#1f77b4")
+    ax.barh(list(y), p99, height=0.27, label="CPU p99", color="#d62728")
+    ax.barh([i + 0.27 for i in y], wall99, height=0.27, label="wall p99", color="#bbbbbb")
+    ax.set_xscale("log")
+    ax.axvline(data["target_p99_us"], color="k", ls="--", lw=1, label="target p99 (100 us)")
+    ax.set_yticks(list(y), names, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("Router.decide latency (us)")
+    ax.set_title("Routing decision cost per policy")
+    ax.legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _micro_section(data: dict[str, Any]) -> list[str]:
+    calls = next(iter(data["scenarios"].values()))["calls"]
+    lines = [
+        "## Routing decision cost (`bench/routing_bench.py`)",
+        "",
+        f"`Router.decide` timed call by call ({calls} calls per scenario, seeded request"
+        " mix: 8 to 1000-word texts, tools/JSON/long outputs, keys near budget; engines"
+        " with live-looking load). Target: p99 <= "
+        f"{data['target_p99_us']:g} us. Each call is timed twice: wall clock"
+        " (`perf_counter_ns`) and the thread's CPU time (`thread_time_ns`). On this shared"
+        " machine (load average"
+        f" {data.get('load_average', 'n/a')} on {data.get('cpus', '?')} CPUs during the run)"
+        " the wall-clock tail is mostly the process being descheduled, which is not the"
+        " router's cost; CPU time is what the decision itself costs. The target is judged"
+        " on CPU time; wall clock is shown next to it.",
+        "",
+        "| scenario | CPU p50 us | CPU p99 us | CPU p99.9 us | wall p50 us | wall p99 us |"
+        " target (CPU p99) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | :---: |",
+    ]
+    for name, r in data["scenarios"].items():
+        c = r["cpu"]
+        lines.append(
+            f"| {name} | {c['p50_us']} | {c['p99_us']} | {c['p999_us']} | {r['p50_us']} |"
+            f" {r['p99_us']} | {'met' if r['ok'] else 'MISSED'} |"
+        )
+    lines += ["", "![decide latency](routing_bench.png)", ""]
+    return lines
+
+
+def _saturation_section(data: dict[str, Any]) -> list[str]:
+    w = data["workload"]
+    lines = [
+        "## Saturation: static rules vs load-aware (`bench/saturation.py`)",
+        "",
+        f"Stand-in engines: large {data['engines']['large']}, small {data['engines']['small']}."
+        f" Workload: {w['mix']}; {w['arrivals']}, {w['duration_s']:g} s per run, seed"
+        f" {w['seed']}. Rules: {w['rules']}; load-aware adds {w['load_aware']}. Gateway in"
+        f" its own process; load average at start {data['load_average_at_start']:.1f} on"
+        f" {data['cpus']} CPUs (shared with other work).",
+        "",
+        "| offered | policy | ok / sent | large share | moved by load | TTFT p50 ms |"
+        " TTFT p90 ms | TTFT p99 ms | hard-request TTFT p99 ms | latency p99 ms |",
+        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for run in data["runs"]:
+        s = run["summary"]
+        t = s["all"]["ttft_ms"]
+        lines.append(
+            f"| {run['rate']:g}/s | {run['policy']} | {s['ok']} / {s['requests']} |"
+            f" {s['large_share']} | {s['moved_by_load']} | {t['p50']} | {t['p90']} |"
+            f" {t['p99']} | {s['hard']['ttft_ms']['p99']} | {s['all']['latency_ms']['p99']} |"
+        )
+    lines += ["", "![saturation](saturation.png)", ""]
+    return lines
+
+
+def write_report(out: Path) -> None:
+    """(Re)write ``routing.md`` from whichever result files exist in ``out``."""
+    lines = [
+        "# Routing benchmarks",
+        "",
+        "Generated by `bench/routing_bench.py` and `bench/saturation.py` from the JSON files"
+        " next to this one. Numbers are from a shared 2-CPU machine: absolute values are"
+        " noisy, comparisons within one run are fair (same machine, same minute).",
+        "",
+    ]
+    micro = out / "routing_bench.json"
+    if micro.exists():
+        lines += _micro_section(json.loads(micro.read_text()))
+    sat = out / "saturation.json"
+    if sat.exists():
+        lines += _saturation_section(json.loads(sat.read_text()))
+    notes = out / "routing_notes.md"
+    if notes.exists():
+        lines += [notes.read_text().rstrip(), ""]
+    (out / "routing.md").write_text("\n".join(lines))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="Router.decide microbenchmark")
+    ap.add_argument("--calls", type=int, default=20000)
+    ap.add_argument("--out", type=Path, default=Path("bench/results"))
+    args = ap.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    data = run(args.calls)
+    (args.out / "routing_bench.json").write_text(json.dumps(data, indent=2) + "\n")
+    plot(data, args.out / "routing_bench.png")
+    write_report(args.out)
+    return 0 if all(r["ok"] for r in data["scenarios"].values()) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
