@@ -1,0 +1,367 @@
+"""What a quota check costs: reserve + settle, local vs Redis on loopback, same run.
+
+``python -m bench.quota_bench [--iterations 5000 --rate 300 --duration 20 --quick]``
+
+1. **Sequential latency.** One reservation and its settlement at a time, for the local
+   store and the Redis store (behind its failover wrapper, as in production), with a key
+   in a team and all six limits set, so both scopes and every check run. Reported per
+   call: reserve, settle, and the pair, p50/p99 in microseconds.
+2. **Quotas on vs off at 300 req/s.** One uvloop event loop serves simulated requests at
+   a fixed open-loop rate: each reserves, waits a fixed "engine" time, and settles. Blocks
+   alternate ABBA between quotas off (``Unlimited``) and on (local or Redis), so both see
+   the same machine. Measured: each request's latency from its scheduled arrival to its
+   completion (so event-loop delay the store causes is included), and the check itself.
+   Added latency = on - off.
+
+A throwaway ``redis-server`` (AOF, fsync every second, loopback) is started unless
+``--redis-url`` is given. Results: ``bench/results/quotas.{json,md}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import shutil
+import socket
+import statistics
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import uvloop
+from redis.asyncio import Redis
+
+from bench import machine
+from gateway.auth import Limits, Principal
+from gateway.config import QuotaSettings
+from gateway.quotas.base import Demand, QuotaStore, Reservation, Unlimited
+from gateway.quotas.fallback import FailoverQuotaStore
+from gateway.quotas.limits import ScopedPrincipal
+from gateway.quotas.local import LocalQuotaStore
+from gateway.quotas.redis import RedisQuotaStore
+
+RESULTS = Path(__file__).resolve().parent / "results"
+BIG = 10**9
+PRINCIPAL = ScopedPrincipal(
+    key_id="bench",
+    key_prefix="tg-bench",
+    name="bench",
+    team="bench-team",
+    limits=Limits(
+        rpm=BIG,
+        tpm=BIG,
+        concurrency=100_000,
+        budget_daily_usd=1e6,
+        budget_monthly_usd=1e6,
+        budget_total_usd=1e6,
+    ),
+    team_limits=Limits(rpm=BIG, tpm=BIG, concurrency=100_000, budget_daily_usd=1e6),
+)
+DEMAND = Demand(tokens=600, cost_nusd=120_000)
+ACTUAL = Demand(tokens=350, cost_nusd=70_000)
+
+
+@dataclass
+class Config:
+    iterations: int = 5000
+    rate: float = 300.0
+    duration: float = 20.0  # per backend, split in ABBA blocks
+    blocks: int = 8
+    engine_ms: float = 20.0
+    redis_url: str | None = None
+
+
+def pcts(values_s: list[float]) -> dict[str, float]:
+    """p50/p90/p99/mean in microseconds."""
+    v = sorted(values_s)
+    if not v:
+        return {}
+
+    def q(p: float) -> float:
+        return round(v[min(len(v) - 1, int(p * len(v)))] * 1e6, 1)
+
+    return {
+        "p50_us": q(0.50),
+        "p90_us": q(0.90),
+        "p99_us": q(0.99),
+        "mean_us": round(statistics.fmean(v) * 1e6, 1),
+        "n": len(v),
+    }
+
+
+@contextlib.contextmanager
+def redis_server(url: str | None) -> Iterator[str]:
+    if url is not None:
+        yield url
+        return
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise SystemExit("redis-server is not installed; pass --redis-url")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with tempfile.TemporaryDirectory() as tmp:
+        proc = subprocess.Popen(
+            [
+                binary,
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                tmp,
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "everysec",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                with socket.socket() as s, contextlib.suppress(OSError):
+                    s.connect(("127.0.0.1", port))
+                    break
+                time.sleep(0.02)
+            yield f"redis://127.0.0.1:{port}/0"
+        finally:
+            proc.terminate()
+            proc.wait(10)
+
+
+class PingFloor:
+    """Two PING round trips per request (reserve, settle): the floor of any Redis store
+    on this machine, to tell the store's own cost from the host's scheduling delays."""
+
+    def __init__(self, url: str) -> None:
+        self._redis = Redis.from_url(url)
+
+    async def reserve(self, principal: Principal, request_id: str, demand: Demand) -> Reservation:
+        await self._redis.ping()
+        return Reservation(request_id, principal, demand)
+
+    async def settle(self, reservation: Reservation, actual: Demand) -> None:
+        await self._redis.ping()
+
+    async def budget_remaining_nusd(self, principal: Principal) -> int | None:
+        return None
+
+    async def aclose(self) -> None:
+        await self._redis.aclose()
+
+
+async def make_store(kind: str, url: str) -> QuotaStore:
+    settings = QuotaSettings.model_validate({"backend": "redis", "redis_url": url})
+    if kind == "local":
+        return LocalQuotaStore(settings)
+    if kind == "off":
+        return Unlimited()
+    if kind == "ping-floor":
+        floor = PingFloor(url)
+        await floor.reserve(PRINCIPAL, "warm", DEMAND)
+        return floor
+    primary = RedisQuotaStore(settings)
+    await primary.ping()
+    await primary.client.flushdb()
+    return FailoverQuotaStore(primary, settings)
+
+
+async def sequential(kind: str, url: str, iterations: int) -> dict[str, Any]:
+    store = await make_store(kind, url)
+    reserve: list[float] = []
+    settle: list[float] = []
+    pair: list[float] = []
+    clock = time.perf_counter
+    try:
+        for i in range(iterations + 200):
+            t0 = clock()
+            res = await store.reserve(PRINCIPAL, f"s{i}", DEMAND)
+            t1 = clock()
+            await store.settle(res, ACTUAL)
+            t2 = clock()
+            if i >= 200:  # warm-up: connections, script cache
+                reserve.append(t1 - t0)
+                settle.append(t2 - t1)
+                pair.append(t2 - t0)
+    finally:
+        await store.aclose()
+    return {"reserve": pcts(reserve), "settle": pcts(settle), "reserve_settle": pcts(pair)}
+
+
+async def paced_block(
+    store: QuotaStore, cfg: Config, seconds: float, tag: str
+) -> dict[str, list[float]]:
+    loop = asyncio.get_running_loop()
+    latency: list[float] = []
+    check: list[float] = []
+    engine_s = cfg.engine_ms / 1000
+    tasks: set[asyncio.Task[None]] = set()
+
+    clock = time.perf_counter  # uvloop's loop.time() has millisecond resolution
+
+    async def request(i: int, arrival: float) -> None:
+        t0 = clock()
+        res = await store.reserve(PRINCIPAL, f"{tag}-{i}", DEMAND)
+        t1 = clock()
+        await asyncio.sleep(engine_s)
+        t2 = clock()
+        await store.settle(res, ACTUAL)
+        t3 = clock()
+        check.append((t1 - t0) + (t3 - t2))
+        latency.append(clock() - arrival - engine_s)
+
+    start = clock() + 0.05
+    n = int(seconds * cfg.rate)
+    for i in range(n):
+        arrival = start + i / cfg.rate
+        delay = arrival - clock()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        t = loop.create_task(request(i, arrival))
+        tasks.add(t)
+        t.add_done_callback(tasks.discard)
+    await asyncio.gather(*tasks)
+    return {"latency": latency, "check": check}
+
+
+async def on_vs_off(kind: str, url: str, cfg: Config) -> dict[str, Any]:
+    # Other people's work on a shared host moves these numbers: start when it is quiet.
+    background = await asyncio.to_thread(machine.wait_for_quiet, 0.5, 60.0)
+    on = await make_store(kind, url)
+    off = Unlimited()
+    per_block = cfg.duration / cfg.blocks
+    order = ["off" if k % 4 in (0, 3) else "on" for k in range(cfg.blocks)]  # ABBA
+    got: dict[str, dict[str, list[float]]] = {
+        "on": {"latency": [], "check": []},
+        "off": {"latency": [], "check": []},
+    }
+    try:
+        await paced_block(on, cfg, 1.0, "warm")
+        for k, mode in enumerate(order):
+            out = await paced_block(on if mode == "on" else off, cfg, per_block, f"{kind}{k}")
+            for name, values in out.items():
+                got[mode][name].extend(values)
+    finally:
+        await on.aclose()
+    lat_on, lat_off = pcts(got["on"]["latency"]), pcts(got["off"]["latency"])
+    return {
+        "background_load_cores": round(background, 2),
+        "requests_per_mode": lat_on.get("n"),
+        "latency_on": lat_on,
+        "latency_off": lat_off,
+        "added_p50_us": round(lat_on["p50_us"] - lat_off["p50_us"], 1),
+        "added_p99_us": round(lat_on["p99_us"] - lat_off["p99_us"], 1),
+        "check_under_load": pcts(got["on"]["check"]),
+    }
+
+
+async def run(cfg: Config) -> dict[str, Any]:
+    with redis_server(cfg.redis_url) as url:
+        kinds = ("local", "redis", "ping-floor")
+        seq = {k: await sequential(k, url, cfg.iterations) for k in kinds}
+        paced = {k: await on_vs_off(k, url, cfg) for k in kinds}
+    return {
+        "config": asdict(cfg) | {"redis_url": "loopback" if cfg.redis_url is None else "given"},
+        "machine": machine.describe(("redis", "uvloop")),
+        "sequential": seq,
+        "paced": paced,
+        "target": "quota check adds <= 500 us at p50 with Redis on loopback at 300 req/s",
+        "target_met": {
+            "check_under_load_p50": paced["redis"]["check_under_load"]["p50_us"] <= 500,
+            "added_latency_p50": paced["redis"]["added_p50_us"] <= 500,
+            "sequential_pair_p50": seq["redis"]["reserve_settle"]["p50_us"] <= 500,
+        },
+    }
+
+
+def write_markdown(data: dict[str, Any], path: Path) -> None:
+    c, m = data["config"], data["machine"]
+    lines = [
+        "# Quota check cost: local vs Redis (loopback)",
+        "",
+        f"Machine: {m['cpu']}, {m['cores']} cores (shared), Python {m['python']}, "
+        f"redis-py {m['packages'].get('redis')}. Key in a team, all six limits set "
+        "(two scopes, every check). Not pinned: pinning the two ends to one core each "
+        "made round trips slower on this shared host.",
+        "",
+        f"## Sequential, one call at a time ({c['iterations']} pairs)",
+        "",
+        "| store | reserve p50 | reserve p99 | settle p50 | settle p99 | pair p50 | pair p99 |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for kind, r in data["sequential"].items():
+        lines.append(
+            f"| {kind} | {r['reserve']['p50_us']} µs | {r['reserve']['p99_us']} µs | "
+            f"{r['settle']['p50_us']} µs | {r['settle']['p99_us']} µs | "
+            f"{r['reserve_settle']['p50_us']} µs | {r['reserve_settle']['p99_us']} µs |"
+        )
+    lines += [
+        "",
+        f"## Quotas on vs off at {c['rate']:g} req/s (ABBA, {c['blocks']} blocks, "
+        f"{c['duration']:g} s per store, {c['engine_ms']:g} ms simulated engine)",
+        "",
+        "| store | added p50 | added p99 | check p50 under load | check p99 under load "
+        "| other load at start |",
+        "|---|---|---|---|---|---|",
+    ]
+    for kind, r in data["paced"].items():
+        ch = r["check_under_load"]
+        lines.append(
+            f"| {kind} | {r['added_p50_us']} µs | {r['added_p99_us']} µs | "
+            f"{ch['p50_us']} µs | {ch['p99_us']} µs | {r['background_load_cores']} cores |"
+        )
+    lines += [
+        "",
+        f"Target: {data['target']}.",
+        "",
+        *(
+            f"- {name.replace('_', ' ')}: **{'met' if ok else 'NOT met'}**"
+            for name, ok in data["target_met"].items()
+        ),
+        "",
+        "Added latency is the difference of two noisy distributions on a shared 2-core host;",
+        "the check's own time (reserve + settle, measured around the calls) is the steadier",
+        "number. On the request path the Redis store makes one round trip (the reservation's",
+        "EVALSHA); settlements are queued and sent in batches by a background task, or ride",
+        "along with the next reservation. The local store costs two dict walks. `ping-floor`",
+        "is two bare PINGs per request (reserve, settle) with the same client library and",
+        "server: the scheduling cost any Redis-backed check pays on this host.",
+    ]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--iterations", type=int, default=5000)
+    ap.add_argument("--rate", type=float, default=300.0)
+    ap.add_argument("--duration", type=float, default=20.0)
+    ap.add_argument("--redis-url", default=None)
+    ap.add_argument("--quick", action="store_true", help="A short run (smoke test).")
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    args = ap.parse_args(argv)
+    cfg = Config(
+        iterations=500 if args.quick else args.iterations,
+        rate=args.rate,
+        duration=4.0 if args.quick else args.duration,
+        blocks=4 if args.quick else 8,
+        redis_url=args.redis_url,
+    )
+    data = uvloop.run(run(cfg))
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "quotas.json").write_text(json.dumps(data, indent=2) + "\n")
+    write_markdown(data, args.out / "quotas.md")
+    print((args.out / "quotas.md").read_text())
+
+
+if __name__ == "__main__":
+    main()

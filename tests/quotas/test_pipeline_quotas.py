@@ -1,0 +1,243 @@
+"""Quotas on the request path: stream cut-off, and reservations released on every path."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+
+from engines.standin import StandinProcess
+from gateway.auth import hash_key
+from gateway.config import EngineSettings, Settings
+from gateway.db import make_engine
+from gateway.keys import KeyCreate, KeyStore, LimitsIn
+from gateway.ledger.record import LedgerRecord
+from gateway.quotas.limits import ScopedPrincipal
+from tests.integration.conftest import set_fault
+from tests.support import EngineSpec, RunningGateway, gateway_config, serve_in_thread
+
+MSGS = [{"role": "user", "content": "hi"}]
+#: The misbehaving engine below streams this many tokens, whatever max_tokens says.
+RUNAWAY_TOKENS = 200
+
+
+class ListRecorder:
+    """Keeps ledger records in memory."""
+
+    def __init__(self) -> None:
+        self.records: list[LedgerRecord] = []
+
+    def record(self, rec: LedgerRecord) -> None:
+        self.records.append(rec)
+
+
+class _Frames(httpx.AsyncByteStream):
+    def __init__(self, frames: list[bytes]) -> None:
+        self._frames = frames
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for f in self._frames:
+            yield f
+
+
+def runaway_engine(settings: EngineSettings) -> httpx.AsyncBaseTransport:
+    """An engine that ignores max_tokens: RUNAWAY_TOKENS chunks, then usage, then [DONE]."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path != "/v1/chat/completions":
+            return httpx.Response(200, json={"status": "ok"})
+        frames = []
+        for _ in range(RUNAWAY_TOKENS):
+            chunk = {
+                "id": "chatcmpl-1",
+                "object": "chat.completion.chunk",
+                "model": settings.model,
+                "choices": [{"index": 0, "delta": {"content": " x"}, "finish_reason": None}],
+            }
+            frames.append(b"data: " + orjson.dumps(chunk) + b"\n\n")
+        usage = {"prompt_tokens": 0, "completion_tokens": RUNAWAY_TOKENS}
+        frames.append(b"data: " + orjson.dumps({"choices": [], "usage": usage}) + b"\n\n")
+        frames.append(b"data: [DONE]\n\n")
+        return httpx.Response(
+            200, stream=_Frames(frames), headers={"content-type": "text/event-stream"}
+        )
+
+    return httpx.MockTransport(handler)
+
+
+def key_store(settings: Settings) -> KeyStore:
+    store = KeyStore(make_engine(settings.ledger.url))
+    store.create_tables()
+    return store
+
+
+def sse_payloads(resp: httpx.Response) -> list[bytes]:
+    return [
+        line[len("data: ") :].encode() for line in resp.iter_lines() if line.startswith("data: ")
+    ]
+
+
+def test_stream_is_cut_when_the_budget_runs_out(tmp_path: Path) -> None:
+    # 1e-3 USD per completion token, prompts free: the key may spend 40 tokens' worth.
+    cfg = gateway_config(
+        tmp_path,
+        [EngineSpec("small-0", "http://127.0.0.1:9", "small", "runaway")],
+        prices={"runaway": (0.0, 1000.0)},
+    )
+    settings = Settings(**cfg)
+    created = key_store(settings).create_key(
+        KeyCreate(name="b", limits=LimitsIn.model_validate({"budget_daily_usd": "0.04"}))
+    )
+    recorder = ListRecorder()
+    with serve_in_thread(
+        settings, transport_factory=runaway_engine, monitor=False, recorder=recorder
+    ) as gw:
+        with httpx.stream(
+            "POST",
+            gw.v1 + "/chat/completions",
+            json={"model": "small", "messages": MSGS, "max_tokens": 5, "stream": True},
+            headers={"authorization": f"Bearer {created.key}"},
+            timeout=10,
+        ) as resp:
+            assert resp.status_code == 200
+            payloads = sse_payloads(resp)
+        pipeline = gw.services.pipeline
+        deadline = time.monotonic() + 5
+        while not recorder.records and time.monotonic() < deadline:
+            time.sleep(0.01)
+    content = [p for p in payloads[:-2] if b'"delta"' in p]
+    # Reserved 5 tokens of 40: at 32 chunks 27 over the reservation still fit in the
+    # 35 left; at 48 they do not, and the stream ends there.
+    assert len(content) == 48
+    error = orjson.loads(payloads[-2])["error"]
+    assert error["type"] == "insufficient_quota" and error["code"] == "insufficient_quota"
+    assert "Budget exhausted during this stream" in error["message"]
+    assert payloads[-1] == b"[DONE]"
+    (rec,) = recorder.records
+    assert rec.status == "budget_cutoff" and rec.completion_tokens >= 48
+    assert rec.cost_nusd == rec.completion_tokens * 1_000_000
+    assert pipeline.quotas.status()["scopes"] == 1  # type: ignore[attr-defined]
+
+
+def test_streams_are_not_cut_when_disabled(tmp_path: Path) -> None:
+    cfg = gateway_config(
+        tmp_path,
+        [EngineSpec("small-0", "http://127.0.0.1:9", "small", "runaway")],
+        prices={"runaway": (0.0, 1000.0)},
+        quotas={"cut_stream_on_budget": False},
+    )
+    settings = Settings(**cfg)
+    created = key_store(settings).create_key(
+        KeyCreate(name="b", limits=LimitsIn.model_validate({"budget_daily_usd": "0.04"}))
+    )
+    with serve_in_thread(settings, transport_factory=runaway_engine, monitor=False) as gw:
+        resp = httpx.post(
+            gw.v1 + "/chat/completions",
+            json={"model": "small", "messages": MSGS, "max_tokens": 5, "stream": True},
+            headers={"authorization": f"Bearer {created.key}"},
+            timeout=10,
+        )
+    payloads = sse_payloads(resp)
+    assert sum(1 for p in payloads if b'"delta"' in p) == RUNAWAY_TOKENS
+    assert payloads[-1] == b"[DONE]" and not any(b'"error"' in p for p in payloads)
+
+
+@pytest.fixture(scope="module")
+def standin_gateway(
+    standin_pair: dict[str, StandinProcess], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[RunningGateway, KeyStore]]:
+    tmp = tmp_path_factory.mktemp("release")
+    cfg = gateway_config(
+        tmp, [EngineSpec("small-0", standin_pair["small"].base_url, "small", "standin-small")]
+    )
+    settings = Settings(**cfg)
+    store = key_store(settings)
+    with serve_in_thread(settings) as gw:
+        yield gw, store
+
+
+def one_slot_key(store: KeyStore) -> tuple[str, ScopedPrincipal]:
+    created = store.create_key(
+        KeyCreate(
+            name="one",
+            limits=LimitsIn.model_validate({"concurrency": 1, "budget_daily_usd": "10"}),
+        )
+    )
+    found = store.lookup(hash_key(created.key))
+    assert found is not None and isinstance(found.principal, ScopedPrincipal)
+    return created.key, found.principal
+
+
+def chat(gw: RunningGateway, key: str, **body: Any) -> httpx.Response:
+    return httpx.post(
+        gw.v1 + "/chat/completions",
+        json={"model": "small", "messages": MSGS, "max_tokens": 3, **body},
+        headers={"authorization": f"Bearer {key}"},
+        timeout=10,
+    )
+
+
+def wait_admitted(gw: RunningGateway, key: str, timeout: float = 5.0) -> httpx.Response:
+    deadline = time.monotonic() + timeout
+    while True:
+        resp = chat(gw, key)
+        if resp.status_code != 429 or time.monotonic() > deadline:
+            return resp
+        time.sleep(0.05)
+
+
+def test_reservation_released_after_client_disconnect(
+    standin_gateway: tuple[RunningGateway, KeyStore], standin_pair: dict[str, StandinProcess]
+) -> None:
+    gw, store = standin_gateway
+    key, principal = one_slot_key(store)
+    set_fault(standin_pair["small"], mode="stall_after", tokens=2)
+    try:
+        with httpx.stream(
+            "POST",
+            gw.v1 + "/chat/completions",
+            json={"model": "small", "messages": MSGS, "max_tokens": 50, "stream": True},
+            headers={"authorization": f"Bearer {key}"},
+            timeout=10,
+        ) as resp:
+            assert resp.status_code == 200
+            lines = resp.iter_lines()  # kept: dropping the iterator closes the response
+            assert next(lines).startswith("data: ")
+            held = chat(gw, key)
+            assert held.status_code == 429  # the stream holds the only slot
+            assert held.json()["error"]["message"].startswith(
+                "Rate limit reached for concurrent requests"
+            )
+        # Leaving the block hung up mid-stream.
+    finally:
+        set_fault(standin_pair["small"], mode="none")
+    assert wait_admitted(gw, key).status_code == 200
+    quotas = gw.services.pipeline.quotas
+    remaining = quotas._counters[f"k:{principal.key_id}"]  # local store internals
+    assert remaining.held == 0 and not remaining.holds
+
+
+def test_reservation_released_after_engine_error(
+    standin_gateway: tuple[RunningGateway, KeyStore], standin_pair: dict[str, StandinProcess]
+) -> None:
+    gw, store = standin_gateway
+    key, principal = one_slot_key(store)
+    set_fault(standin_pair["small"], mode="error_5xx", status=500, count=5)
+    try:
+        failed = chat(gw, key)
+        assert failed.status_code in (502, 503)
+        failed_stream = chat(gw, key, stream=True)
+        assert failed_stream.status_code in (502, 503)
+    finally:
+        set_fault(standin_pair["small"], mode="none")
+    ok = wait_admitted(gw, key)
+    assert ok.status_code == 200
+    counters = gw.services.pipeline.quotas._counters[f"k:{principal.key_id}"]
+    assert counters.held == 0 and not counters.holds
+    # Only the successful request was billed; the failures cost nothing.
+    assert ok.json()["usage"]["completion_tokens"] == 3
