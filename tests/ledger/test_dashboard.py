@@ -1,0 +1,181 @@
+"""The spend dashboard: rendered on the server, checked in real headless Chromium."""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+import re
+import shutil
+import subprocess
+from html import unescape
+from pathlib import Path
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from engines.standin import StandinProcess
+from gateway.cli_finance import register
+from gateway.config import Settings
+from gateway.ledger.dashboard import DashboardData, default_range, render
+from gateway.ledger.record import LedgerRecord
+from gateway.ledger.reports import Reports, format_usd
+from gateway.ledger.store import LedgerStore
+from tests.ledger.factories import make_record
+from tests.support import ADMIN_TOKEN, EngineSpec, gateway_config, serve_in_thread
+
+TEAMS = {"key-ana": "research", "key-bo": "research", "key-cy": "sales", "key-di": None}
+PRICES = {"small": (50, 200), "large": (500, 1500)}  # nano-USD per token
+
+
+def demo_records(now: dt.datetime, days: int = 24, seed: int = 3) -> list[LedgerRecord]:
+    """A few weeks of plausible traffic: small-tier routing saves most of the spend."""
+    rng = random.Random(seed)
+    out: list[LedgerRecord] = []
+    n = 0
+    for day in range(days):
+        base = now - dt.timedelta(days=days - 1 - day)
+        for _ in range(rng.randint(30, 90) + day * 3):
+            key = rng.choice(["key-ana"] * 4 + ["key-bo"] * 2 + ["key-cy"] * 3 + ["key-di"])
+            model = rng.choice(["auto", "auto", "auto", "small", "large"])
+            tier = (
+                "large"
+                if model == "large" or (model == "auto" and rng.random() < 0.25)
+                else "small"
+            )
+            prompt, completion = rng.randint(100, 3000), rng.randint(20, 900)
+            p, c = PRICES[tier]
+            out.append(
+                make_record(
+                    n,
+                    request_id=f"demo-{n:06d}",
+                    finished_at=base.replace(hour=rng.randint(0, 23), minute=rng.randint(0, 59)),
+                    key_id=key,
+                    key_prefix="tg-" + key[4:].ljust(7, "x"),
+                    team=TEAMS[key],
+                    requested_model=model,
+                    tier=tier,
+                    engine=f"{tier}-0",
+                    upstream_model=f"smollm2-{tier}",
+                    prompt_tokens=prompt,
+                    completion_tokens=completion,
+                    cost_nusd=prompt * p + completion * c,
+                    counterfactual_nusd=prompt * 500 + completion * 1500,
+                    price_version=f"smollm2-{tier}@2026-01-01",
+                )
+            )
+            n += 1
+    return out
+
+
+def test_render_escapes_and_handles_an_empty_range(tmp_path: Path) -> None:
+    store = LedgerStore.from_url(f"sqlite:///{tmp_path}/l.db")
+    store.migrate()
+    now = dt.datetime.now(dt.UTC)
+    lo, hi = default_range(now)
+    empty = render(DashboardData.gather(Reports(store.engine), lo, hi))
+    assert "No requests in this range." in empty and format_usd(0) in empty
+    store.insert([make_record(1, finished_at=now, team="<script>alert(1)</script>")])
+    page = render(DashboardData.gather(Reports(store.engine), lo, hi))
+    assert "<script>" not in page and "&lt;script&gt;" in page
+    year = render(DashboardData.gather(Reports(store.engine), hi - dt.timedelta(days=365), hi))
+    assert "Spend per month" in year
+    store.dispose()
+
+
+def _chromium() -> str:
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found is None:
+        raise RuntimeError("headless Chromium is required: apt-get install -y chromium")
+    return found
+
+
+def chromium(url: str, profile: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    cmd = [
+        _chromium(),
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--hide-scrollbars",
+        # offline: any host but the gateway's fails to resolve
+        "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+        f"--user-data-dir={profile}",
+        *extra,
+        url,
+    ]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=True)
+
+
+def _cells(line: str) -> list[str]:
+    return [c.strip() for c in re.split("[│┃]", line)[1:-1]]
+
+
+@pytest.mark.browser
+def test_dashboard_in_chromium_shows_what_the_report_prints(
+    standin_pair: dict[str, StandinProcess], tmp_path: Path
+) -> None:
+    now = dt.datetime.now(dt.UTC)
+    url = f"sqlite:///{tmp_path}/ledger.db"
+    store = LedgerStore.from_url(url)
+    store.migrate()
+    store.insert(demo_records(now))
+    store.dispose()
+    specs = [EngineSpec("small-0", standin_pair["small"].base_url, "small", "standin-small")]
+    settings = Settings(**gateway_config(tmp_path, specs, ledger={"url": url}))
+
+    # What `tollgate report` prints for the dashboard's default range, by key.
+    lo, hi = default_range(now)
+    app = typer.Typer()
+    app.callback()(lambda: None)
+    register(app)
+    printed = CliRunner().invoke(
+        app,
+        [
+            "report",
+            "--db",
+            url,
+            "-g",
+            "key",
+            "--start",
+            lo.date().isoformat(),
+            "--end",
+            (hi - dt.timedelta(days=1)).date().isoformat(),
+        ],
+        env={"COLUMNS": "200"},
+    )
+    assert printed.exit_code == 0, printed.output
+    rows = [_cells(ln) for ln in printed.stdout.splitlines() if ln.startswith(("│", "┃"))]
+    header = next(r for r in rows if "requests" in r)
+    cost_at = header.index("cost")
+    by_key = {r[0]: r[cost_at] for r in rows if r[0].startswith("key-")}
+    total = next(r for r in rows if r[0] == "TOTAL")
+    assert len(by_key) == 4
+
+    with serve_in_thread(settings) as gw:
+        page = f"{gw.base_url}/admin/dashboard?token={ADMIN_TOKEN}"
+        dom = chromium(page, tmp_path / "profile", "--dump-dom").stdout
+        shot = tmp_path / "dashboard.png"
+        chromium(
+            page,
+            tmp_path / "profile2",
+            f"--screenshot={shot}",
+            "--window-size=1400,1700",
+        )
+    text = unescape(dom)
+    assert "Tollgate · spend and savings" in text  # logged in through the cookie
+    kpi = re.search(
+        r'data-kpi="cost"><div class="label">Spend</div><div class="value">([^<]+)<', text
+    )
+    assert kpi is not None and kpi.group(1) == total[cost_at]
+    savings = re.search(r'data-kpi="savings".*?class="value">([^<]+)<', text)
+    assert savings is not None and savings.group(1) == total[header.index("savings")]
+    for key, cost in by_key.items():
+        row = re.search(rf'<tr data-key="{key}">(.*?)</tr>', text)
+        assert row is not None and f'data-col="cost">{cost}<' in row.group(1), key
+    assert text.count("<svg") >= 4 and "<script" not in text
+    png = shot.read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 30_000
