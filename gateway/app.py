@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -15,20 +16,24 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.api import health, openai
-from gateway.auth import Principal, StaticKeyAuthenticator, key_prefix
+from gateway.api import admin_keys, admin_reports, health, openai
+from gateway.auth import Authenticator, Principal, StaticKeyAuthenticator, key_prefix
 from gateway.config import Settings
 from gateway.deps import Services
-from gateway.engines import EngineClient, TransportFactory
+from gateway.engines import Engine, EngineClient, TransportFactory
 from gateway.errors import GatewayError, InternalError, InvalidRequestError, NotFoundError
+from gateway.keys import ChainAuthenticator, open_key_services
 from gateway.ledger.record import NullRecorder, Recorder
+from gateway.ledger.service import Ledger
 from gateway.metrics import Metrics
 from gateway.pipeline import Pipeline
 from gateway.pricing import PriceBook
-from gateway.quotas.base import QuotaStore, Unlimited
+from gateway.quotas.base import QuotaStore
+from gateway.quotas.factory import build_quota_store
 from gateway.routing.health import Breakers, RetryBudget
 from gateway.routing.monitor import EngineMonitor
 from gateway.routing.pool import EnginePool
+from gateway.routing.rollout import ShadowRunner
 from gateway.routing.router import Router
 from gateway.tokens import TokenCounter
 
@@ -65,16 +70,29 @@ async def build_services(
 ) -> AsyncIterator[Services]:
     """Build every service once; tear them down in reverse order."""
     metrics = Metrics()
-    pool = EnginePool(settings.engines)
+    pool = EnginePool(settings.engines, metrics_stale_s=settings.routing.breaker.metrics_stale_s)
     breakers = Breakers(settings.routing.breaker)
     client = EngineClient(settings.engines, settings.timeouts, transport_factory)
     router = Router(settings, pool, breakers)
     prices = PriceBook.load(settings.pricing.file)
     tokens = TokenCounter({e.model: e.tokenizer for e in settings.engines})
+    # Before the quota store: opening replays spilled records, so the spend it rebuilds
+    # from the ledger includes them.
+    ledger = (
+        await Ledger.open(settings.ledger, metrics.registry)
+        if recorder is None and settings.ledger.enabled
+        else None
+    )
+    recorder = recorder or (ledger.writer if ledger is not None else NullRecorder())
+    shadow = shadow_runner(settings, pool, client, recorder, prices, metrics)
+    keys = open_key_services(settings)
+    authenticator: Authenticator = static_authenticator(settings)
+    if keys is not None:
+        authenticator = ChainAuthenticator(authenticator, keys.authenticator)
     pipeline = Pipeline(
         settings=settings,
-        authenticator=static_authenticator(settings),
-        quotas=quotas or Unlimited(),
+        authenticator=authenticator,
+        quotas=quotas or await build_quota_store(settings),
         router=router,
         pool=pool,
         client=client,
@@ -82,8 +100,9 @@ async def build_services(
         retry_budget=RetryBudget(settings.routing.retries),
         tokens=tokens,
         prices=prices,
-        recorder=recorder or NullRecorder(),
+        recorder=recorder,
         metrics=metrics,
+        shadow=shadow,
     )
     metrics.in_flight.set_function(lambda: pipeline.active)
     for engine in pool.engines.values():
@@ -95,20 +114,35 @@ async def build_services(
         settings=settings,
         pipeline=pipeline,
         metrics=metrics,
-        extra={"started_at": time.time(), "monitor": engine_monitor},
+        extra={
+            "started_at": time.time(),
+            "monitor": engine_monitor,
+            "keys": keys,
+            "ledger": ledger,
+        },
     )
     if monitor:
         await engine_monitor.check_once()
         engine_monitor.start()
     lag_task = asyncio.get_running_loop().create_task(_measure_loop_lag(metrics))
+    # Move the start-up heap (FastAPI, pydantic, tokenizers) out of the collector's reach:
+    # without this, gen-2 collections walk it and pause the loop for 50-95 ms (bench/).
+    gc.collect()
+    gc.freeze()
     try:
         yield svc
     finally:
         svc.draining = True
         lag_task.cancel()
         await engine_monitor.stop()
+        if shadow is not None:
+            await shadow.drain(timeout=min(5.0, settings.server.drain_seconds))
+        if ledger is not None:  # after the drain: every finished request is recorded
+            await ledger.aclose()
         await pipeline.quotas.aclose()
         await client.aclose()
+        if keys is not None:
+            keys.close()
 
 
 async def _measure_loop_lag(metrics: Metrics, interval: float = 0.25) -> None:
@@ -118,6 +152,40 @@ async def _measure_loop_lag(metrics: Metrics, interval: float = 0.25) -> None:
         start = loop.time()
         await asyncio.sleep(interval)
         metrics.loop_lag.set(max(0.0, loop.time() - start - interval))
+
+
+def shadow_runner(
+    settings: Settings,
+    pool: EnginePool,
+    client: EngineClient,
+    recorder: Recorder,
+    prices: PriceBook,
+    metrics: Metrics,
+) -> ShadowRunner | None:
+    """The shadow-traffic runner, when some tier's rollout mirrors requests."""
+    shadows = {t: r.shadow for t, r in settings.routing.rollouts.items() if r.shadow}
+    if not shadows:
+        return None
+
+    def cost_of(engine: Engine, usage: dict[str, Any]) -> tuple[int, str]:
+        model = engine.settings.price_model or engine.model
+        if not usage or not prices.has(model):
+            return 0, "unpriced"
+        price = prices.price(model)
+        prompt, completion = (
+            int(usage.get("prompt_tokens") or 0),
+            int(usage.get("completion_tokens") or 0),
+        )
+        return price.cost_nusd(prompt, completion), price.version
+
+    return ShadowRunner(
+        pool=pool,
+        client=client,
+        recorder=recorder,
+        registry=metrics.registry,
+        cost_of=cost_of,
+        settings=shadows,
+    )
 
 
 def create_app(settings: Settings, **service_overrides: Any) -> FastAPI:
@@ -139,6 +207,10 @@ def create_app(settings: Settings, **service_overrides: Any) -> FastAPI:
     install_error_handlers(app)
     app.include_router(openai.router)
     app.include_router(health.router)
+    if settings.server.admin_port is None:  # else it belongs on the admin listener only
+        app.include_router(admin_keys.router)
+        app.include_router(admin_reports.router)
+        app.include_router(admin_reports.pages)
     return app
 
 

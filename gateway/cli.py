@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -65,6 +64,11 @@ def check_config(config: ConfigOpt = None) -> None:
 
 def _mount_optional() -> None:
     """Sub-commands from other packages (engines, keys, reports...)."""
+    from gateway.cli_finance import register as register_finance
+    from gateway.cli_keys import app as keys_app
+
+    app.add_typer(keys_app, name="keys", help="Managed API keys and teams.")
+    register_finance(app)
     try:
         from engines.cli import app as engines_app
     except ImportError:
@@ -80,4 +84,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

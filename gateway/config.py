@@ -59,6 +59,11 @@ class AuthSettings(_Section):
     admin_token: SecretStr | None = None
     #: Use the managed key store (database) in addition to static keys.
     key_store: bool = True
+    #: Key store database; defaults to ``ledger.url`` (same database as the ledger).
+    database_url: str | None = None
+    #: How long a looked-up key stays cached (bounds how late a revocation takes effect).
+    key_cache_ttl_s: float = Field(10.0, ge=0)
+    key_cache_size: int = Field(10_000, ge=1)
 
 
 class EngineSettings(_Section):
@@ -127,20 +132,58 @@ class BreakerSettings(_Section):
     open_seconds: float = Field(10.0, gt=0)
     health_interval_s: float = Field(5.0, gt=0)
     metrics_interval_s: float = Field(1.0, gt=0)
+    #: Each consecutive trip doubles the open period, up to this.
+    max_open_seconds: float = Field(60.0, gt=0)
+    #: Scraped engine metrics older than this are ignored by load-aware routing.
+    metrics_stale_s: float = Field(5.0, gt=0)
+
+
+class ShadowSettings(_Section):
+    """Mirror a sample of a tier's requests to a candidate engine; answers are discarded."""
+
+    #: An engine from ``engines``; it then takes no regular traffic.
+    engine: str
+    #: Fraction of the tier's requests mirrored.
+    sample: float = Field(0.0, ge=0, le=1)
+    #: Mirrored requests in flight at once; a sample over this is dropped, never queued.
+    max_concurrency: int = Field(2, ge=1)
+
+
+class RolloutSettings(_Section):
+    """Per-tier rollout: how traffic splits between engine versions, and shadowing.
+
+    The split follows ``engines[].version``: each version gets the sum of its engines'
+    ``weight``. ``weighted`` draws per request; ``sticky`` assigns each API key to one
+    version by a hash of its id (A/B), so a key sees one version consistently.
+    """
+
+    split: Literal["weighted", "sticky"] = "weighted"
+    #: Salt for sticky assignment; change it to reshuffle keys between versions.
+    salt: str = ""
+    shadow: ShadowSettings | None = None
 
 
 class RoutingSettings(_Section):
     policy: str = "rules"
     balancer: Literal["least_outstanding", "p2c"] = "least_outstanding"
+    #: Prefer one replica per conversation prefix (vLLM prefix-cache hits), bounded by load.
     prefix_affinity: bool = False
+    #: Characters from the start of the conversation hashed for affinity.
+    affinity_prefix_chars: int = Field(1024, ge=16)
+    #: The preferred replica is used while its load stays under this factor of the mean.
+    affinity_load_factor: float = Field(1.5, ge=1.0)
     params: dict[str, Any] = Field(default_factory=dict)
     retries: RetrySettings = Field(default_factory=RetrySettings)
     breaker: BreakerSettings = Field(default_factory=BreakerSettings)
     #: Fall back to another tier when a tier has no healthy engine.
     fallback: bool = True
+    #: Per-tier rollout (canary split, sticky A/B, shadow), keyed by tier.
+    rollouts: dict[str, RolloutSettings] = Field(default_factory=dict)
 
 
 class QuotaSettings(_Section):
+    #: Off: no limits are enforced and no spend is counted (benchmarks, trusted setups).
+    enabled: bool = True
     backend: Literal["local", "redis"] = "local"
     redis_url: SecretStr | None = None
     redis_timeout_s: float = Field(0.25, gt=0)
@@ -152,6 +195,23 @@ class QuotaSettings(_Section):
     cut_stream_on_budget: bool = True
     #: Replicas sharing the limit, used to size the local fallback limiter.
     replicas: int = Field(1, ge=1)
+    #: Connections to Redis per gateway process (a burst waits for one).
+    redis_pool_size: int = Field(16, ge=1)
+    #: Prefix of every Redis key the quota store writes.
+    redis_prefix: str = Field("tg:q:", pattern=r"^[A-Za-z0-9_.:-]{0,32}$")
+    #: Breaker on the Redis client: open after this many consecutive failures...
+    breaker_failures: int = Field(3, ge=1)
+    #: ...for this long, then let one probe through.
+    breaker_open_s: float = Field(2.0, gt=0)
+    #: Settlements queued for Redis (sent off the request path, kept while it is
+    #: unreachable, replayed when it is back); the oldest are dropped beyond this.
+    pending_settles_max: int = Field(10_000, ge=1)
+
+    @model_validator(mode="after")
+    def _redis_url(self) -> QuotaSettings:
+        if self.backend == "redis" and self.redis_url is None:
+            raise ValueError("quotas.backend: redis needs quotas.redis_url")
+        return self
 
 
 class LedgerSettings(_Section):
@@ -225,6 +285,15 @@ class Settings(BaseSettings):
                         f"models[{i}].{field}: tier {tier!r} has no engine "
                         f"(engine tiers: {sorted(tiers)})"
                     )
+        engines_by_name = {e.name: e for e in self.engines}
+        for tier, rollout in self.routing.rollouts.items():
+            if tier not in tiers:
+                raise ValueError(f"routing.rollouts.{tier}: no engine has tier {tier!r}")
+            shadow = rollout.shadow
+            if shadow is not None and shadow.engine not in engines_by_name:
+                raise ValueError(
+                    f"routing.rollouts.{tier}.shadow.engine: unknown engine {shadow.engine!r}"
+                )
         own = {(self.server.host, self.server.port), ("localhost", self.server.port)}
         if self.server.host in ("0.0.0.0", "127.0.0.1", "::"):
             own |= {("127.0.0.1", self.server.port), ("localhost", self.server.port)}
@@ -232,6 +301,11 @@ class Settings(BaseSettings):
             parts = urlsplit(e.url)
             if (parts.hostname, parts.port) in own:
                 raise ValueError(f"engines[{i}].url points at the gateway itself (a loop)")
+        if self.quotas.reservation_ttl_s <= self.timeouts.total_s:
+            raise ValueError(
+                "quotas.reservation_ttl_s must exceed timeouts.total_s "
+                "(a quota reservation must outlive the longest request)"
+            )
         if self.server.workers > 1 and self.quotas.backend != "redis":
             raise ValueError(
                 "server.workers > 1 needs quotas.backend: redis (limits must be shared)"

@@ -43,6 +43,8 @@ class Engine:
     running: float = 0.0
     kv_cache_usage: float = 0.0
     metrics_at: float = 0.0
+    #: Our own ``in_flight`` when the metrics were scraped (to correct them until the next).
+    scraped_in_flight: int = 0
     healthy: bool = True
     labels: dict[str, str] = field(default_factory=dict)
 

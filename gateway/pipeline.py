@@ -12,7 +12,7 @@ import asyncio
 import datetime as dt
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,12 +21,13 @@ from starlette.responses import Response
 
 from gateway.auth import Authenticator, Principal, bearer_token
 from gateway.config import ModelSettings, Settings
-from gateway.engines import Engine, EngineClient, UpstreamStream, sanitize
+from gateway.engines import Engine, EngineClient, sanitize
 from gateway.errors import (
     EngineUnavailableError,
     GatewayError,
     InternalError,
     InvalidRequestError,
+    QuotaExceededError,
     UpstreamError,
 )
 from gateway.ledger.record import LedgerRecord, Recorder
@@ -37,6 +38,7 @@ from gateway.quotas.base import Demand, QuotaStore, Reservation
 from gateway.routing.health import Breakers, RetryBudget
 from gateway.routing.policies import Features
 from gateway.routing.pool import EnginePool, Slot
+from gateway.routing.rollout import ShadowRunner
 from gateway.routing.router import RouteDecision, Router
 from gateway.streaming import SSE_HEADERS, SSEResponse, StreamOutcome, UsageTracker, frame
 from gateway.tokens import TokenCounter
@@ -104,6 +106,7 @@ class Pipeline:
         prices: PriceBook,
         recorder: Recorder,
         metrics: Metrics,
+        shadow: ShadowRunner | None = None,
     ) -> None:
         self.settings = settings
         self.authenticator = authenticator
@@ -117,6 +120,7 @@ class Pipeline:
         self.prices = prices
         self.recorder = recorder
         self.metrics = metrics
+        self.shadow = shadow
         self._server = settings.server
         self._reference = prices.reference_model or self._default_reference()
         #: Requests between authentication and finish (the in-flight gauge reads it).
@@ -208,9 +212,11 @@ class Pipeline:
         assert ctx.model is not None and ctx.request is not None
         raw = ctx.request.raw
         fmt = raw.get("response_format")
+        requested = ctx.request.requested_max_tokens
         features = Features(
             prompt_tokens=ctx.prompt_tokens_est,
-            max_tokens=ctx.max_tokens,
+            # What the client asked for: the default (the whole context) says nothing.
+            max_tokens=requested * ctx.request.n if requested else 0,
             messages=len(raw.get("messages") or ()),
             has_tools=bool(raw.get("tools")),
             json_mode=isinstance(fmt, dict) and fmt.get("type") in ("json_object", "json_schema"),
@@ -218,10 +224,17 @@ class Pipeline:
             budget_remaining_nusd=(
                 ctx.reservation.budget_remaining_nusd if ctx.reservation else None
             ),
-            key_defaults=dict(ctx.principal.routing) if ctx.principal else None,
+            key_defaults=ctx.principal.routing if ctx.principal else None,
+            key_id=ctx.principal.key_id if ctx.principal else None,
+            prefix_hash=self.router.prefix_hash(raw),
         )
-        ctx.decision = self.router.decide(ctx.model, features)
+        ctx.decision = decision = self.router.decide(ctx.model, features)
         self.retry_budget.on_request()
+        if decision.shadow is not None and self.shadow is not None:
+            # Fire and forget: never awaited by, nor billed to, this request.
+            self.shadow.mirror(
+                decision.shadow, ctx.endpoint, raw, ctx.request_id, ctx.request.model
+            )
 
     async def forward_unary(self, ctx: RequestContext) -> bytes:
         """Send to the best candidate; retry on another before any byte reached the client."""
@@ -229,7 +242,12 @@ class Pipeline:
         last: GatewayError | None = None
         for engine in self._attempts(ctx):
             body = self._upstream_body(ctx, engine)
-            slot = await self._acquire(engine)
+            try:
+                slot = await self._acquire(engine)
+            except GatewayError as err:  # shed by our own queue: the engine saw nothing
+                self.breakers.release(engine)
+                last = err
+                continue
             try:
                 resp = await self.client.send(engine, ctx.endpoint, body, ctx.request_id)
             except GatewayError as err:
@@ -240,31 +258,11 @@ class Pipeline:
                 continue
             finally:
                 slot.release()
+                self.breakers.release(engine)
             self.breakers.success(engine)
             ctx.engine = engine
             return resp.body
-        raise last or EngineUnavailableError("No engine could serve the request.")
-
-    async def open_stream(self, ctx: RequestContext) -> tuple[UpstreamStream, Slot]:
-        last: GatewayError | None = None
-        for engine in self._attempts(ctx):
-            body = self._upstream_body(ctx, engine)
-            slot = await self._acquire(engine)
-            try:
-                upstream = await self.client.open_stream(engine, ctx.endpoint, body, ctx.request_id)
-            except GatewayError as err:
-                slot.release()
-                ctx.engine = engine
-                last = self._engine_failed(engine, err)
-                if not err.retryable:
-                    raise
-                continue
-            except BaseException:
-                slot.release()
-                raise
-            ctx.engine = engine
-            return upstream, slot
-        raise last or EngineUnavailableError("No engine could serve the request.")
+        raise _exhausted(last)
 
     async def settle(self, ctx: RequestContext) -> None:
         if ctx.reservation is None:
@@ -387,40 +385,67 @@ class Pipeline:
         )
 
     async def _stream_events(self, ctx: RequestContext) -> AsyncIterator[bytes]:
+        """Relay one engine's stream; move to the next candidate while nothing was sent."""
         assert ctx.request is not None
         self.route(ctx)
-        upstream, slot = await self.open_stream(ctx)
-        tracker = UsageTracker()
         wants_usage = ctx.request.client_wants_usage
-        try:
-            async for payload in upstream.events():
-                if payload == b"[DONE]":
-                    break
-                err, usage_only = tracker.inspect(payload)
-                if err is not None:
-                    raise UpstreamError(
-                        sanitize(str(err.get("message") or "The engine failed mid-stream.")),
-                        code="upstream_stream_error",
-                    )
-                if ctx.ttft is None and tracker.chunks:
-                    ctx.ttft = time.perf_counter() - ctx.t0
-                if usage_only and not wants_usage:
-                    continue
-                yield frame(payload)
-                if tracker.chunks % BUDGET_CHECK_EVERY == 0:
-                    await self._check_stream_budget(ctx, tracker)
-            self.breakers.success(upstream.engine)
-        except GatewayError as err:
-            ctx.error = err
-            if err.retryable:
-                self._engine_failed(upstream.engine, err)
-            raise
-        finally:
-            ctx.usage = tracker.usage
-            ctx.completion_text = tracker.text_parts
-            ctx.completion_chunks = tracker.chunks
-            await upstream.aclose()
-            slot.release()
+        last: GatewayError | None = None
+        for engine in self._attempts(ctx):
+            tracker = UsageTracker()
+            sent = False
+            try:
+                slot = await self._acquire(engine)
+            except GatewayError as err:  # shed by our own queue: the engine saw nothing
+                self.breakers.release(engine)
+                last = err
+                continue
+            ctx.engine = engine
+            body = self._upstream_body(ctx, engine)
+            try:
+                upstream = await self.client.open_stream(engine, ctx.endpoint, body, ctx.request_id)
+            except BaseException as exc:
+                slot.release()
+                self.breakers.release(engine)
+                if not isinstance(exc, GatewayError):
+                    raise
+                last = self._engine_failed(engine, exc)
+                if not exc.retryable:
+                    raise
+                continue
+            try:
+                async for payload in upstream.events():
+                    if payload == b"[DONE]":
+                        break
+                    frame_err, usage_only = tracker.inspect(payload)
+                    if frame_err is not None:
+                        message = frame_err.get("message") or "The engine failed mid-stream."
+                        raise UpstreamError(sanitize(str(message)), code="upstream_stream_error")
+                    if ctx.ttft is None and tracker.chunks:
+                        ctx.ttft = time.perf_counter() - ctx.t0
+                        self.breakers.success(engine)  # it generates: a probe has passed
+                    if usage_only and not wants_usage:
+                        continue
+                    sent = True
+                    yield frame(payload)
+                    if tracker.chunks % BUDGET_CHECK_EVERY == 0:
+                        await self._check_stream_budget(ctx, tracker)
+                self.breakers.success(engine)
+                return
+            except GatewayError as err:
+                self._engine_failed(engine, err)
+                if sent or not err.retryable:
+                    ctx.error = err
+                    raise
+                last = err  # nothing reached the client yet: try the next candidate
+            finally:
+                ctx.usage = tracker.usage
+                ctx.completion_text = tracker.text_parts
+                ctx.completion_chunks = tracker.chunks
+                await upstream.aclose()
+                slot.release()
+                self.breakers.release(engine)
+        ctx.error = _exhausted(last)
+        raise ctx.error
 
     def response_headers(self, ctx: RequestContext) -> dict[str, str]:
         h = {"x-request-id": ctx.request_id}
@@ -444,18 +469,29 @@ class Pipeline:
 
     # ------------------------------------------------------------------ helpers
 
-    def _attempts(self, ctx: RequestContext) -> list[Engine]:
+    def _attempts(self, ctx: RequestContext) -> Iterator[Engine]:
+        """Candidates to try, lazily: asking for the next one is a retry.
+
+        A retry needs a token from the retry budget and a breaker that admits the engine
+        (an ejected engine is skipped; a half-open one takes this request as its probe).
+        """
         assert ctx.decision is not None
-        candidates = ctx.decision.candidates
         limit = self.settings.routing.retries.attempts
-        out: list[Engine] = []
-        for engine in candidates:
-            if len(out) >= limit:
-                break
-            if out and not self.retry_budget.try_spend():
-                break
-            out.append(engine)
-        return out
+        tried = 0
+        for engine in ctx.decision.candidates:
+            if tried >= limit:
+                return
+            if not self.breakers.available(engine):
+                continue  # ejected since the decision was made
+            if tried and not self.retry_budget.try_spend():
+                return
+            if not self.breakers.admit(engine):
+                continue
+            if tried:
+                self.metrics.retries.labels(engine.tier).inc()
+            tried += 1
+            ctx.attempts = tried
+            yield engine
 
     async def _acquire(self, engine: Engine) -> Slot:
         if engine.in_flight < engine.settings.max_concurrency:
@@ -468,12 +504,34 @@ class Pipeline:
 
     def _engine_failed(self, engine: Engine, err: GatewayError) -> GatewayError:
         self.metrics.upstream_errors.labels(engine.name, err.code or "error").inc()
-        if err.retryable:
-            self.breakers.failure(engine)
+        self.breakers.record(engine, err)
         return err
 
     async def _check_stream_budget(self, ctx: RequestContext, tracker: UsageTracker) -> None:
-        return None
+        """End a stream whose output so far costs more than its key may still spend.
+
+        Admission reserved the worst case, so this only fires when output outgrows it (an
+        engine ignoring max_tokens, a reservation made while budgets failed open); only
+        then is the live remaining budget read from the quota store.
+        """
+        res, engine = ctx.reservation, ctx.engine
+        if not self.settings.quotas.cut_stream_on_budget or res is None or engine is None:
+            return
+        price_model = engine.settings.price_model or engine.model
+        if not self.prices.has(price_model):
+            return
+        spent = self.prices.price(price_model).cost_nusd(ctx.prompt_tokens_est, tracker.chunks)
+        beyond = spent - res.demand.cost_nusd
+        if beyond <= 0:
+            return
+        remaining = await self.quotas.budget_remaining_nusd(res.principal)
+        if remaining is None or beyond <= remaining:
+            return
+        ctx.status = "budget_cutoff"
+        raise QuotaExceededError(
+            "Budget exhausted during this stream: the output was cut at "
+            f"{tracker.chunks} chunks (about ${spent / 1e9:.6f}) to stay within the budget."
+        )
 
     def _upstream_body(self, ctx: RequestContext, engine: Engine) -> bytes:
         assert ctx.request is not None
@@ -613,6 +671,14 @@ class Pipeline:
                     "estimated": ctx.usage_estimated,
                 },
             )
+
+
+def _exhausted(last: GatewayError | None) -> GatewayError:
+    """The error for a request no candidate could serve (503s carry Retry-After)."""
+    err = last or EngineUnavailableError("No engine could serve the request.")
+    if err.status_code == 503 and "Retry-After" not in err.headers:
+        err.headers["Retry-After"] = "1"
+    return err
 
 
 def _cached(usage: dict[str, Any]) -> int:

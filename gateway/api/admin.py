@@ -1,10 +1,20 @@
 """Admin API root: every /admin route requires the admin token (never a client key).
 
 Feature modules add their own routers under this prefix with :data:`AdminAuth`.
+
+A browser cannot send a bearer header when it loads a page, so the dashboard's login
+(``gateway.api.admin_reports``) exchanges the admin token for a session cookie:
+HttpOnly, SameSite=Strict, scoped to /admin, expiring, and an HMAC keyed by the admin
+token (changing the token ends every session; the cookie never holds the token). The
+cookie is accepted for reading only (GET/HEAD), so a forged cross-site request can
+never change anything even if the browser sent it.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import time
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
@@ -12,13 +22,50 @@ from fastapi import APIRouter, Depends, Request
 from gateway.auth import check_admin_token
 from gateway.deps import services
 
+SESSION_COOKIE = "tollgate_admin"
+SESSION_TTL_S = 12 * 3600
+_SAFE_METHODS = frozenset({"GET", "HEAD"})
+
+
+def _session_mac(admin_token: str, expires: int) -> str:
+    msg = f"tollgate-admin-session:{expires}".encode()
+    return hmac.new(admin_token.encode(), msg, hashlib.sha256).hexdigest()
+
+
+def issue_session(admin_token: str, now: float | None = None) -> str:
+    """A cookie value proving the admin token was presented, valid SESSION_TTL_S."""
+    expires = int(now if now is not None else time.time()) + SESSION_TTL_S
+    return f"{expires}.{_session_mac(admin_token, expires)}"
+
+
+def session_valid(value: str, admin_token: str, now: float | None = None) -> bool:
+    expires, _, mac = value.partition(".")
+    if not expires.isdigit() or len(expires) > 12:
+        return False
+    if int(expires) < (now if now is not None else time.time()):
+        return False
+    return hmac.compare_digest(mac, _session_mac(admin_token, int(expires)))
+
+
+def has_admin_session(request: Request) -> bool:
+    """A valid session cookie on a read-only request."""
+    token = services(request).settings.auth.admin_token
+    cookie = request.cookies.get(SESSION_COOKIE)
+    return (
+        token is not None
+        and cookie is not None
+        and request.method in _SAFE_METHODS
+        and session_valid(cookie, token.get_secret_value())
+    )
+
 
 async def require_admin(request: Request) -> None:
     settings = services(request).settings
     token = settings.auth.admin_token
-    check_admin_token(
-        request.headers.get("authorization"), token.get_secret_value() if token else None
-    )
+    header = request.headers.get("authorization")
+    if header is None and has_admin_session(request):
+        return
+    check_admin_token(header, token.get_secret_value() if token else None)
 
 
 AdminAuth = Annotated[None, Depends(require_admin)]
