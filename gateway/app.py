@@ -16,7 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.api import admin_keys, admin_reports, health, openai
+from gateway.api import admin, admin_keys, admin_reports, health, openai
 from gateway.auth import Authenticator, Principal, StaticKeyAuthenticator, key_prefix
 from gateway.config import Settings
 from gateway.deps import Services
@@ -191,10 +191,14 @@ def shadow_runner(
 def create_app(settings: Settings, **service_overrides: Any) -> FastAPI:
     """The client-facing app (OpenAI API, health, metrics)."""
 
+    admin_app = create_admin_app() if settings.server.admin_port is not None else None
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with build_services(settings, **service_overrides) as svc:
             app.state.services = svc
+            if admin_app is not None:
+                admin_app.state.services = svc
             yield
 
     app = FastAPI(
@@ -207,10 +211,24 @@ def create_app(settings: Settings, **service_overrides: Any) -> FastAPI:
     install_error_handlers(app)
     app.include_router(openai.router)
     app.include_router(health.router)
-    if settings.server.admin_port is None:  # else it belongs on the admin listener only
-        app.include_router(admin_keys.router)
-        app.include_router(admin_reports.router)
-        app.include_router(admin_reports.pages)
+    app.state.admin_app = admin_app
+    if admin_app is None:  # else /admin listens only on server.admin_port
+        _include_admin(app)
+    return app
+
+
+def _include_admin(app: FastAPI) -> None:
+    app.include_router(admin.router)
+    app.include_router(admin_keys.router)
+    app.include_router(admin_reports.router)
+    app.include_router(admin_reports.pages)
+
+
+def create_admin_app() -> FastAPI:
+    """The admin API on its own listener; shares the client app's services."""
+    app = FastAPI(title="Tollgate admin", docs_url=None, redoc_url=None, openapi_url=None)
+    install_error_handlers(app)
+    _include_admin(app)
     return app
 
 

@@ -306,6 +306,8 @@ class Settings(BaseSettings):
                 "quotas.reservation_ttl_s must exceed timeouts.total_s "
                 "(a quota reservation must outlive the longest request)"
             )
+        if self.server.workers > 1 and self.server.admin_port is not None:
+            raise ValueError("server.admin_port is served by a single worker: set workers: 1")
         if self.server.workers > 1 and self.quotas.backend != "redis":
             raise ValueError(
                 "server.workers > 1 needs quotas.backend: redis (limits must be shared)"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -83,6 +84,35 @@ def run(settings: Settings, config_path: str | None) -> None:
             **uvicorn_kwargs(settings),
         )
         return
-    config = uvicorn.Config(create_app(settings), **uvicorn_kwargs(settings))
-    server = DrainingServer(config)
-    server.run()
+    app = create_app(settings)
+    server = DrainingServer(uvicorn.Config(app, **uvicorn_kwargs(settings)))
+    admin_app = app.state.admin_app
+    if admin_app is None:
+        server.run()
+        return
+    kwargs = uvicorn_kwargs(settings) | {
+        "host": settings.server.admin_host,
+        "port": settings.server.admin_port,
+        "lifespan": "off",
+    }
+    admin_server = _FollowerServer(uvicorn.Config(admin_app, **kwargs))
+    with asyncio.Runner(loop_factory=server.config.get_loop_factory()) as runner:
+        runner.run(_serve_both(server, admin_server))
+
+
+class _FollowerServer(uvicorn.Server):
+    """The admin listener: stops when the main server stops; leaves signals to it."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+async def _serve_both(main: uvicorn.Server, admin: uvicorn.Server) -> None:
+    main_task = asyncio.create_task(main.serve())
+    while not main.started and not main_task.done():  # noqa: ASYNC110 - uvicorn has no event
+        await asyncio.sleep(0.01)
+    admin_task = asyncio.create_task(admin.serve())
+    await main_task
+    admin.should_exit = True
+    await admin_task
