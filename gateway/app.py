@@ -20,7 +20,7 @@ from gateway.api import admin, admin_keys, admin_reports, health, openai
 from gateway.auth import Authenticator, Principal, StaticKeyAuthenticator, key_prefix
 from gateway.config import Settings
 from gateway.deps import Services
-from gateway.engines import Engine, EngineClient, TransportFactory
+from gateway.engines import Engine, EngineClient
 from gateway.errors import GatewayError, InternalError, InvalidRequestError, NotFoundError
 from gateway.keys import ChainAuthenticator, open_key_services
 from gateway.ledger.record import NullRecorder, Recorder
@@ -63,7 +63,6 @@ def static_authenticator(settings: Settings) -> StaticKeyAuthenticator:
 async def build_services(
     settings: Settings,
     *,
-    transport_factory: TransportFactory | None = None,
     quotas: QuotaStore | None = None,
     recorder: Recorder | None = None,
     monitor: bool = True,
@@ -72,7 +71,7 @@ async def build_services(
     metrics = Metrics()
     pool = EnginePool(settings.engines, metrics_stale_s=settings.routing.breaker.metrics_stale_s)
     breakers = Breakers(settings.routing.breaker)
-    client = EngineClient(settings.engines, settings.timeouts, transport_factory)
+    client = EngineClient(settings.engines, settings.timeouts)
     router = Router(settings, pool, breakers)
     prices = PriceBook.load(settings.pricing.file)
     tokens = TokenCounter({e.model: e.tokenizer for e in settings.engines})

@@ -1,6 +1,6 @@
 """Engine client: pooled HTTP to each vLLM engine, streaming, and error translation.
 
-This is the one place where failures of the upstream (httpx exceptions, engine error
+This is the one place where failures of the upstream (aiohttp exceptions, engine error
 statuses, timeouts) become :mod:`gateway.errors` classes. Engine URLs and headers never
 appear in those errors: a client learns which tier failed, not where it lives.
 """
@@ -10,10 +10,10 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 
-import httpx
+import aiohttp
 import orjson
 
 from gateway.config import EngineSettings, TimeoutSettings
@@ -69,7 +69,15 @@ class Engine:
 class UpstreamResponse:
     status: int
     body: bytes
-    headers: httpx.Headers
+    headers: Mapping[str, str]
+
+
+@dataclass(slots=True)
+class ProbeResponse:
+    """A fully read answer to :meth:`EngineClient.get` (health checks, metrics)."""
+
+    status_code: int
+    text: str
 
 
 def sanitize(message: str) -> str:
@@ -117,17 +125,17 @@ def translate_exception(engine: Engine, exc: BaseException) -> GatewayError:
     where = f"the {engine.tier} tier's engine"
     if isinstance(exc, GatewayError):
         return exc
-    if isinstance(exc, httpx.ConnectTimeout):
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
         return EngineUnavailableError(f"Connecting to {where} timed out.")
-    if isinstance(exc, httpx.ConnectError):
+    if isinstance(exc, aiohttp.ClientConnectorError):
         return EngineUnavailableError(f"{where} refused the connection.")
-    if isinstance(exc, httpx.PoolTimeout):
-        return OverloadedError(f"No connection to {where} was free in time.")
-    if isinstance(exc, httpx.TimeoutException | TimeoutError):
+    if isinstance(exc, aiohttp.ServerTimeoutError | TimeoutError):
         return UpstreamTimeoutError(f"{where} timed out.")
-    if isinstance(exc, httpx.RemoteProtocolError | httpx.ReadError | httpx.WriteError):
+    if isinstance(
+        exc, aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError | aiohttp.ClientOSError
+    ):
         return UpstreamError(f"{where} closed the connection unexpectedly.")
-    if isinstance(exc, httpx.HTTPError):
+    if isinstance(exc, aiohttp.ClientError):
         return UpstreamError(f"{where} could not be reached ({type(exc).__name__}).")
     return UpstreamError(f"{where} failed ({type(exc).__name__}).")
 
@@ -174,7 +182,11 @@ class UpstreamStream:
     """
 
     def __init__(
-        self, engine: Engine, response: httpx.Response, timeouts: TimeoutSettings, started: float
+        self,
+        engine: Engine,
+        response: aiohttp.ClientResponse,
+        timeouts: TimeoutSettings,
+        started: float,
     ) -> None:
         self.engine = engine
         self._response = response
@@ -188,7 +200,7 @@ class UpstreamStream:
         reader = SSEReader()
         deadline_total = self._started + t.total_s
         first = True
-        chunks = self._response.aiter_raw()
+        chunks = self._response.content.iter_any()
         try:
             async with asyncio.timeout(None) as cm:
                 while True:
@@ -204,6 +216,8 @@ class UpstreamStream:
                     for payload in reader.feed(data):
                         first = False
                         yield payload
+        except aiohttp.ClientError as exc:
+            raise translate_exception(self.engine, exc) from None
         except TimeoutError:
             kind = "time to first token" if first else "idle time between chunks"
             if loop.time() >= deadline_total:
@@ -212,118 +226,125 @@ class UpstreamStream:
                 f"The {self.engine.tier} tier's engine exceeded the {kind} limit.",
                 code="upstream_timeout",
             ) from None
-        except httpx.HTTPError as exc:
-            raise translate_exception(self.engine, exc) from None
 
     async def aclose(self) -> None:
         if not self._closed:
             self._closed = True
-            await self._response.aclose()
-
-
-TransportFactory = Callable[[EngineSettings], httpx.AsyncBaseTransport]
+            # close, not release: an unfinished stream must drop the connection so the
+            # engine aborts the request. A finished one was already returned to the pool.
+            self._response.close()
 
 
 class EngineClient:
-    """Pooled HTTP clients, one per engine. The only code that talks to engines."""
+    """Pooled HTTP sessions, one per engine. The only code that talks to engines.
 
-    def __init__(
-        self,
-        engines: list[EngineSettings],
-        timeouts: TimeoutSettings,
-        transport_factory: TransportFactory | None = None,
-    ) -> None:
+    Sessions are created lazily, inside the running loop, on first use.
+    """
+
+    def __init__(self, engines: list[EngineSettings], timeouts: TimeoutSettings) -> None:
         self._timeouts = timeouts
-        self._clients: dict[str, httpx.AsyncClient] = {}
-        for e in engines:
-            limits = httpx.Limits(
-                max_connections=e.max_concurrency + 16,
-                max_keepalive_connections=e.max_concurrency + 16,
-                keepalive_expiry=30.0,
-            )
-            transport = (
-                transport_factory(e)
-                if transport_factory
-                else httpx.AsyncHTTPTransport(limits=limits, retries=0)
-            )
-            headers = {"content-type": "application/json"}
+        self._settings = {e.name: e for e in engines}
+        self._sessions: dict[str, aiohttp.ClientSession] = {}
+        self._session_timeout = aiohttp.ClientTimeout(
+            total=None,
+            connect=timeouts.connect_s,
+            sock_connect=timeouts.connect_s,
+            sock_read=max(timeouts.ttft_s, timeouts.idle_s, timeouts.total_s),
+        )
+
+    def _session(self, engine: Engine) -> aiohttp.ClientSession:
+        session = self._sessions.get(engine.name)
+        if session is None or session.closed:
+            e = self._settings[engine.name]
+            headers = {"content-type": "application/json", "accept-encoding": "identity"}
             if e.api_key is not None:
                 headers["authorization"] = f"Bearer {e.api_key.get_secret_value()}"
-            self._clients[e.name] = httpx.AsyncClient(
-                base_url=e.url.rstrip("/"),
-                transport=transport,
-                headers=headers,
-                timeout=httpx.Timeout(
-                    connect=timeouts.connect_s,
-                    read=max(timeouts.ttft_s, timeouts.idle_s, timeouts.total_s),
-                    write=timeouts.connect_s + 10,
-                    pool=timeouts.connect_s,
+            session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(
+                    limit=e.max_concurrency + 16, keepalive_timeout=30, force_close=False
                 ),
-                follow_redirects=False,
+                headers=headers,
+                timeout=self._session_timeout,
+                auto_decompress=False,
                 trust_env=False,
+                raise_for_status=False,
             )
-
-    def _client(self, engine: Engine) -> httpx.AsyncClient:
-        return self._clients[engine.name]
+            self._sessions[engine.name] = session
+        return session
 
     async def send(
         self, engine: Engine, endpoint: Endpoint, body: bytes, request_id: str
     ) -> UpstreamResponse:
         """Forward a non-streaming request; raise a GatewayError on any failure."""
-        client = self._client(engine)
+        session = self._session(engine)
         try:
-            async with asyncio.timeout(self._timeouts.total_s):
-                resp = await client.post(
-                    endpoint.path, content=body, headers={"x-request-id": request_id}
-                )
+            async with (
+                asyncio.timeout(self._timeouts.total_s),
+                session.post(
+                    engine.url + endpoint.path,
+                    data=body,
+                    headers={"x-request-id": request_id},
+                    allow_redirects=False,
+                ) as resp,
+            ):
+                content = await resp.read()
+        except aiohttp.ClientError as exc:
+            raise translate_exception(engine, exc) from None
         except TimeoutError:
             raise UpstreamTimeoutError(
                 f"The {engine.tier} tier's engine exceeded the total time limit."
             ) from None
-        except httpx.HTTPError as exc:
-            raise translate_exception(engine, exc) from None
-        if resp.status_code >= 400:
-            raise translate_status(engine, resp.status_code, resp.content)
-        return UpstreamResponse(resp.status_code, resp.content, resp.headers)
+        if resp.status >= 400:
+            raise translate_status(engine, resp.status, content)
+        return UpstreamResponse(resp.status, content, resp.headers)
 
     async def open_stream(
         self, engine: Engine, endpoint: Endpoint, body: bytes, request_id: str
     ) -> UpstreamStream:
         """Start a streaming request and return once the engine accepted it (status 200)."""
-        client = self._client(engine)
+        session = self._session(engine)
         started = asyncio.get_running_loop().time()
-        request = client.build_request(
-            "POST", endpoint.path, content=body, headers={"x-request-id": request_id}
-        )
         try:
             async with asyncio.timeout(self._timeouts.ttft_s):
-                resp = await client.send(request, stream=True)
+                resp = await session.post(
+                    engine.url + endpoint.path,
+                    data=body,
+                    headers={"x-request-id": request_id},
+                    allow_redirects=False,
+                )
+        except aiohttp.ClientError as exc:
+            raise translate_exception(engine, exc) from None
         except TimeoutError:
             raise UpstreamTimeoutError(
                 f"The {engine.tier} tier's engine exceeded the time to first token limit."
             ) from None
-        except httpx.HTTPError as exc:
-            raise translate_exception(engine, exc) from None
-        if resp.status_code >= 400:
+        if resp.status >= 400:
             try:
-                content = await resp.aread()
-            except httpx.HTTPError:
+                content = await resp.read()
+            except (aiohttp.ClientError, TimeoutError):
                 content = b""
             finally:
-                await resp.aclose()
-            raise translate_status(engine, resp.status_code, content)
+                resp.release()
+            raise translate_status(engine, resp.status, content)
         return UpstreamStream(engine, resp, self._timeouts, started)
 
-    async def get(self, engine: Engine, path: str, timeout: float) -> httpx.Response:
+    async def get(self, engine: Engine, path: str, timeout: float) -> ProbeResponse:
         """Probe helper for health checks and metrics scraping."""
         try:
-            return await self._client(engine).get(path, timeout=timeout)
-        except httpx.HTTPError as exc:
+            async with self._session(engine).get(
+                engine.url + path,
+                timeout=aiohttp.ClientTimeout(total=timeout),
+                allow_redirects=False,
+            ) as resp:
+                body = await resp.read()
+        except (aiohttp.ClientError, TimeoutError) as exc:
             raise translate_exception(engine, exc) from None
+        return ProbeResponse(resp.status, body.decode("utf-8", "replace"))
 
     async def aclose(self) -> None:
-        for client in self._clients.values():
-            await client.aclose()
+        sessions, self._sessions = list(self._sessions.values()), {}
+        for session in sessions:
+            await session.close()
 
 
 def monotonic() -> float:

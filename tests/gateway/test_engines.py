@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import asyncio
 
-import httpx
 import pytest
+from aiohttp import web
 
 from gateway.config import EngineSettings, TimeoutSettings
 from gateway.engines import Engine, EngineClient, SSEReader, sanitize
@@ -15,13 +15,13 @@ from gateway.errors import (
     UpstreamTimeoutError,
 )
 from gateway.protocol import Endpoint
+from tests.fake_upstream import Handler, serve, stream_frames
+from tests.support import free_port
 
-ES = EngineSettings(name="e0", url="http://10.1.2.3:8101", tier="small", model="m")
 
-
-def client_with(handler: httpx.MockTransport, **timeouts: float) -> tuple[EngineClient, Engine]:
-    t = TimeoutSettings(**timeouts)
-    return EngineClient([ES], t, transport_factory=lambda _e: handler), Engine(ES)
+def client_for(url: str, **timeouts: float) -> tuple[EngineClient, Engine]:
+    es = EngineSettings(name="e0", url=url, tier="small", model="m")
+    return EngineClient([es], TimeoutSettings(**timeouts)), Engine(es)
 
 
 def test_sse_reader_splits_across_chunk_boundaries() -> None:
@@ -50,50 +50,54 @@ def test_sanitize_strips_urls_and_addresses() -> None:
 async def test_status_translation(
     status: int, body: bytes, err: type[Exception], fragment: str
 ) -> None:
-    client, engine = client_with(
-        httpx.MockTransport(lambda r: httpx.Response(status, content=body))
-    )
-    with pytest.raises(err) as exc:
-        await client.send(engine, Endpoint.CHAT, b"{}", "rid")
-    assert fragment in str(exc.value)
-    assert "10.1.2.3" not in str(exc.value)
-    await client.aclose()
+    async def handler(request: web.BaseRequest) -> web.StreamResponse:
+        return web.Response(status=status, body=body)
+
+    async with serve(handler) as url:
+        client, engine = client_for(url)
+        with pytest.raises(err) as exc:
+            await client.send(engine, Endpoint.CHAT, b"{}", "rid")
+        assert fragment in str(exc.value)
+        assert "127.0.0.1" not in str(exc.value) and url not in str(exc.value)
+        await client.aclose()
 
 
 async def test_connect_error_is_503_without_url() -> None:
-    def refuse(request: httpx.Request) -> httpx.Response:
-        raise httpx.ConnectError("Connection refused to http://10.1.2.3:8101", request=request)
-
-    client, engine = client_with(httpx.MockTransport(refuse))
+    port = free_port()  # nothing listens there: the connection is refused
+    client, engine = client_for(f"http://127.0.0.1:{port}")
     with pytest.raises(EngineUnavailableError) as exc:
         await client.send(engine, Endpoint.CHAT, b"{}", "rid")
-    assert "10.1.2.3" not in exc.value.message and exc.value.status_code == 503
+    assert "refused the connection" in exc.value.message
+    assert "127.0.0.1" not in exc.value.message and str(port) not in exc.value.message
+    assert exc.value.status_code == 503
     await client.aclose()
 
 
-async def test_request_id_is_forwarded() -> None:
+async def test_request_id_and_api_key_are_forwarded() -> None:
     seen: dict[str, str] = {}
 
-    def handler(request: httpx.Request) -> httpx.Response:
+    async def handler(request: web.BaseRequest) -> web.StreamResponse:
         seen["rid"] = request.headers["x-request-id"]
-        return httpx.Response(200, json={"ok": True})
+        seen["auth"] = request.headers.get("authorization", "")
+        seen["body"] = (await request.read()).decode()
+        return web.json_response({"ok": True})
 
-    client, engine = client_with(httpx.MockTransport(handler))
-    resp = await client.send(engine, Endpoint.CHAT, b"{}", "abc-123")
-    assert seen["rid"] == "abc-123" and resp.status == 200
-    await client.aclose()
+    async with serve(handler) as url:
+        es = EngineSettings(name="e0", url=url, tier="small", model="m", api_key="sk-engine")
+        client, engine = EngineClient([es], TimeoutSettings()), Engine(es)
+        resp = await client.send(engine, Endpoint.CHAT, b'{"x":1}', "abc-123")
+        await client.aclose()
+    assert seen == {"rid": "abc-123", "auth": "Bearer sk-engine", "body": '{"x":1}'}
+    assert resp.status == 200 and resp.body == b'{"ok": true}'
 
 
-class _SlowStream(httpx.AsyncByteStream):
-    def __init__(self, first_delay: float, gap: float, n: int = 3) -> None:
-        self.first_delay, self.gap, self.n = first_delay, gap, n
+def slow(first_delay: float, gap: float, n: int = 3) -> Handler:
+    frames = [f"data: {i}\n\n".encode() for i in range(n)]
 
-    async def __aiter__(self):  # type: ignore[no-untyped-def]
-        await asyncio.sleep(self.first_delay)
-        for i in range(self.n):
-            if i:
-                await asyncio.sleep(self.gap)
-            yield f"data: {i}\n\n".encode()
+    async def handler(request: web.BaseRequest) -> web.StreamResponse:
+        return await stream_frames(request, frames, first_delay, gap)
+
+    return handler
 
 
 async def collect(client: EngineClient, engine: Engine) -> list[bytes]:
@@ -105,33 +109,57 @@ async def collect(client: EngineClient, engine: Engine) -> list[bytes]:
 
 
 async def test_stream_ttft_timeout() -> None:
-    transport = httpx.MockTransport(lambda r: httpx.Response(200, stream=_SlowStream(0.5, 0)))
-    client, engine = client_with(transport, ttft_s=0.1, idle_s=5)
-    with pytest.raises(UpstreamTimeoutError, match="time to first token"):
-        await collect(client, engine)
-    await client.aclose()
+    async with serve(slow(0.5, 0)) as url:
+        client, engine = client_for(url, ttft_s=0.1, idle_s=5)
+        with pytest.raises(UpstreamTimeoutError, match="time to first token"):
+            await collect(client, engine)
+        await client.aclose()
 
 
 async def test_stream_idle_timeout_is_separate_from_ttft() -> None:
-    transport = httpx.MockTransport(lambda r: httpx.Response(200, stream=_SlowStream(0.15, 0.5)))
-    client, engine = client_with(transport, ttft_s=1.0, idle_s=0.1)
-    with pytest.raises(UpstreamTimeoutError, match="idle"):
-        await collect(client, engine)
-    await client.aclose()
+    async with serve(slow(0.15, 0.5)) as url:
+        client, engine = client_for(url, ttft_s=1.0, idle_s=0.1)
+        with pytest.raises(UpstreamTimeoutError, match="idle"):
+            await collect(client, engine)
+        await client.aclose()
 
 
 async def test_stream_within_limits_yields_all_events() -> None:
-    transport = httpx.MockTransport(lambda r: httpx.Response(200, stream=_SlowStream(0.01, 0.01)))
-    client, engine = client_with(transport, ttft_s=1.0, idle_s=1.0)
-    assert await collect(client, engine) == [b"0", b"1", b"2"]
-    await client.aclose()
+    async with serve(slow(0.01, 0.01)) as url:
+        client, engine = client_for(url, ttft_s=1.0, idle_s=1.0)
+        assert await collect(client, engine) == [b"0", b"1", b"2"]
+        await client.aclose()
 
 
 async def test_stream_total_timeout() -> None:
-    transport = httpx.MockTransport(
-        lambda r: httpx.Response(200, stream=_SlowStream(0.01, 0.08, n=10))
-    )
-    client, engine = client_with(transport, ttft_s=1.0, idle_s=1.0, total_s=0.3)
-    with pytest.raises(UpstreamTimeoutError, match="total"):
-        await collect(client, engine)
-    await client.aclose()
+    async with serve(slow(0.01, 0.08, n=10)) as url:
+        client, engine = client_for(url, ttft_s=1.0, idle_s=1.0, total_s=0.3)
+        with pytest.raises(UpstreamTimeoutError, match="total"):
+            await collect(client, engine)
+        await client.aclose()
+
+
+async def test_closing_a_stream_early_drops_the_connection() -> None:
+    gone = asyncio.Event()
+
+    async def endless(request: web.BaseRequest) -> web.StreamResponse:
+        resp = web.StreamResponse(status=200, headers={"content-type": "text/event-stream"})
+        await resp.prepare(request)
+        try:
+            while True:
+                await resp.write(b"data: x\n\n")
+                await asyncio.sleep(0.01)
+        except (ConnectionError, asyncio.CancelledError):
+            gone.set()
+            raise
+
+    async with serve(endless) as url:
+        client, engine = client_for(url)
+        stream = await client.open_stream(engine, Endpoint.CHAT, b"{}", "rid")
+        async for payload in stream.events():
+            assert payload == b"x"
+            break
+        await stream.aclose()
+        # the engine notices the disconnect (and so would abort the request)
+        await asyncio.wait_for(gone.wait(), 2)
+        await client.aclose()

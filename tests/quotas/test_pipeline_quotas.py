@@ -3,21 +3,24 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
 import pytest
+from aiohttp import web
 
 from engines.standin import StandinProcess
 from gateway.auth import hash_key
-from gateway.config import EngineSettings, Settings
+from gateway.config import Settings
 from gateway.db import make_engine
 from gateway.keys import KeyCreate, KeyStore, LimitsIn
 from gateway.ledger.record import LedgerRecord
 from gateway.quotas.limits import ScopedPrincipal
+from tests.fake_upstream import Handler, stream_frames
+from tests.fake_upstream import serve_in_thread as serve_engine
 from tests.integration.conftest import set_fault
 from tests.support import EngineSpec, RunningGateway, gateway_config, serve_in_thread
 
@@ -36,38 +39,27 @@ class ListRecorder:
         self.records.append(rec)
 
 
-class _Frames(httpx.AsyncByteStream):
-    def __init__(self, frames: list[bytes]) -> None:
-        self._frames = frames
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        for f in self._frames:
-            yield f
-
-
-def runaway_engine(settings: EngineSettings) -> httpx.AsyncBaseTransport:
+def runaway_engine(model: str) -> Handler:
     """An engine that ignores max_tokens: RUNAWAY_TOKENS chunks, then usage, then [DONE]."""
 
-    def handler(request: httpx.Request) -> httpx.Response:
-        if request.url.path != "/v1/chat/completions":
-            return httpx.Response(200, json={"status": "ok"})
+    async def handler(request: web.BaseRequest) -> web.StreamResponse:
+        if request.path != "/v1/chat/completions":
+            return web.json_response({"status": "ok"})
         frames = []
         for _ in range(RUNAWAY_TOKENS):
             chunk = {
                 "id": "chatcmpl-1",
                 "object": "chat.completion.chunk",
-                "model": settings.model,
+                "model": model,
                 "choices": [{"index": 0, "delta": {"content": " x"}, "finish_reason": None}],
             }
             frames.append(b"data: " + orjson.dumps(chunk) + b"\n\n")
         usage = {"prompt_tokens": 0, "completion_tokens": RUNAWAY_TOKENS}
         frames.append(b"data: " + orjson.dumps({"choices": [], "usage": usage}) + b"\n\n")
         frames.append(b"data: [DONE]\n\n")
-        return httpx.Response(
-            200, stream=_Frames(frames), headers={"content-type": "text/event-stream"}
-        )
+        return await stream_frames(request, frames)
 
-    return httpx.MockTransport(handler)
+    return handler
 
 
 def key_store(settings: Settings) -> KeyStore:
@@ -82,21 +74,13 @@ def sse_payloads(resp: httpx.Response) -> list[bytes]:
     ]
 
 
-def test_stream_is_cut_when_the_budget_runs_out(tmp_path: Path) -> None:
-    # 1e-3 USD per completion token, prompts free: the key may spend 40 tokens' worth.
-    cfg = gateway_config(
-        tmp_path,
-        [EngineSpec("small-0", "http://127.0.0.1:9", "small", "runaway")],
-        prices={"runaway": (0.0, 1000.0)},
-    )
+def cut_stream(cfg: dict[str, Any]) -> tuple[list[bytes], ListRecorder, Any]:
     settings = Settings(**cfg)
     created = key_store(settings).create_key(
         KeyCreate(name="b", limits=LimitsIn.model_validate({"budget_daily_usd": "0.04"}))
     )
     recorder = ListRecorder()
-    with serve_in_thread(
-        settings, transport_factory=runaway_engine, monitor=False, recorder=recorder
-    ) as gw:
+    with serve_in_thread(settings, monitor=False, recorder=recorder) as gw:
         with httpx.stream(
             "POST",
             gw.v1 + "/chat/completions",
@@ -110,6 +94,18 @@ def test_stream_is_cut_when_the_budget_runs_out(tmp_path: Path) -> None:
         deadline = time.monotonic() + 5
         while not recorder.records and time.monotonic() < deadline:
             time.sleep(0.01)
+    return payloads, recorder, pipeline
+
+
+def test_stream_is_cut_when_the_budget_runs_out(tmp_path: Path) -> None:
+    # 1e-3 USD per completion token, prompts free: the key may spend 40 tokens' worth.
+    with serve_engine(runaway_engine("runaway")) as engine_url:
+        cfg = gateway_config(
+            tmp_path,
+            [EngineSpec("small-0", engine_url, "small", "runaway")],
+            prices={"runaway": (0.0, 1000.0)},
+        )
+        payloads, recorder, pipeline = cut_stream(cfg)
     content = [p for p in payloads[:-2] if b'"delta"' in p]
     # Reserved 5 tokens of 40: at 32 chunks 27 over the reservation still fit in the
     # 35 left; at 48 they do not, and the stream ends there.
@@ -125,23 +121,24 @@ def test_stream_is_cut_when_the_budget_runs_out(tmp_path: Path) -> None:
 
 
 def test_streams_are_not_cut_when_disabled(tmp_path: Path) -> None:
-    cfg = gateway_config(
-        tmp_path,
-        [EngineSpec("small-0", "http://127.0.0.1:9", "small", "runaway")],
-        prices={"runaway": (0.0, 1000.0)},
-        quotas={"cut_stream_on_budget": False},
-    )
-    settings = Settings(**cfg)
-    created = key_store(settings).create_key(
-        KeyCreate(name="b", limits=LimitsIn.model_validate({"budget_daily_usd": "0.04"}))
-    )
-    with serve_in_thread(settings, transport_factory=runaway_engine, monitor=False) as gw:
-        resp = httpx.post(
-            gw.v1 + "/chat/completions",
-            json={"model": "small", "messages": MSGS, "max_tokens": 5, "stream": True},
-            headers={"authorization": f"Bearer {created.key}"},
-            timeout=10,
+    with serve_engine(runaway_engine("runaway")) as engine_url:
+        cfg = gateway_config(
+            tmp_path,
+            [EngineSpec("small-0", engine_url, "small", "runaway")],
+            prices={"runaway": (0.0, 1000.0)},
+            quotas={"cut_stream_on_budget": False},
         )
+        settings = Settings(**cfg)
+        created = key_store(settings).create_key(
+            KeyCreate(name="b", limits=LimitsIn.model_validate({"budget_daily_usd": "0.04"}))
+        )
+        with serve_in_thread(settings, monitor=False) as gw:
+            resp = httpx.post(
+                gw.v1 + "/chat/completions",
+                json={"model": "small", "messages": MSGS, "max_tokens": 5, "stream": True},
+                headers={"authorization": f"Bearer {created.key}"},
+                timeout=10,
+            )
     payloads = sse_payloads(resp)
     assert sum(1 for p in payloads if b'"delta"' in p) == RUNAWAY_TOKENS
     assert payloads[-1] == b"[DONE]" and not any(b'"error"' in p for p in payloads)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import time
 
-import httpx
 import pytest
+from aiohttp import web
 
 from gateway.config import BreakerSettings, EngineSettings, TimeoutSettings
 from gateway.engines import EngineClient
@@ -14,7 +14,8 @@ from gateway.errors import OverloadedError
 from gateway.routing.health import Breakers
 from gateway.routing.monitor import EngineMonitor, parse_vllm_metrics
 from gateway.routing.pool import EnginePool
-from tests.routing.helpers import make_settings
+from tests.fake_upstream import serve
+from tests.routing.helpers import engine, make_settings
 
 METRICS = """# HELP vllm:num_requests_waiting waiting
 # TYPE vllm:num_requests_waiting gauge
@@ -101,27 +102,29 @@ def test_parse_vllm_metrics_sums_label_sets() -> None:
 async def test_monitor_scrapes_ejects_and_readmits() -> None:
     state = {"healthy": True}
 
-    def handler(request: httpx.Request) -> httpx.Response:
-        if request.url.path == "/health":
-            return httpx.Response(200 if state["healthy"] else 503)
-        if request.url.path == "/metrics":
-            return httpx.Response(200, text=METRICS)
-        return httpx.Response(404)
+    async def handler(request: web.BaseRequest) -> web.StreamResponse:
+        if request.path == "/health":
+            return web.Response(status=200 if state["healthy"] else 503)
+        if request.path == "/metrics":
+            return web.Response(text=METRICS)
+        return web.Response(status=404)
 
-    s = make_settings()
-    pool = EnginePool(s.engines)
-    client = EngineClient(s.engines, TimeoutSettings(), lambda _: httpx.MockTransport(handler))
-    breakers = Breakers(BreakerSettings())
-    monitor = EngineMonitor(pool, client, breakers, BreakerSettings())
-    e = pool.engines["large-0"]
-    await monitor.check_once()
-    assert (e.waiting, e.running, e.kv_cache_usage) == (7.0, 4.0, 0.5) and e.metrics_at > 0
-    state["healthy"] = False
-    await monitor.check_once()
-    assert e.healthy  # one inconclusive answer (503) is not enough
-    await monitor.check_once()
-    assert not e.healthy and not breakers.available(e) and e.metrics_at == 0.0
-    state["healthy"] = True
-    await monitor.check_once()
-    assert e.healthy and e.metrics_at > 0
-    await client.aclose()
+    async with serve(handler) as url:
+        port = int(url.rsplit(":", 1)[1])
+        s = make_settings([engine("small-0", "small", port), engine("large-0", "large", port)])
+        pool = EnginePool(s.engines)
+        client = EngineClient(s.engines, TimeoutSettings())
+        breakers = Breakers(BreakerSettings())
+        monitor = EngineMonitor(pool, client, breakers, BreakerSettings())
+        e = pool.engines["large-0"]
+        await monitor.check_once()
+        assert (e.waiting, e.running, e.kv_cache_usage) == (7.0, 4.0, 0.5) and e.metrics_at > 0
+        state["healthy"] = False
+        await monitor.check_once()
+        assert e.healthy  # one inconclusive answer (503) is not enough
+        await monitor.check_once()
+        assert not e.healthy and not breakers.available(e) and e.metrics_at == 0.0
+        state["healthy"] = True
+        await monitor.check_once()
+        assert e.healthy and e.metrics_at > 0
+        await client.aclose()

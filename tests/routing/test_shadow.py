@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import httpx
 import orjson
+from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from gateway.config import ShadowSettings, TimeoutSettings
@@ -14,23 +14,27 @@ from gateway.engines import Engine, EngineClient
 from gateway.protocol import Endpoint
 from gateway.routing.pool import EnginePool
 from gateway.routing.rollout import ShadowRunner
+from tests.fake_upstream import Handler, serve
 from tests.routing.helpers import ListRecorder, engine, make_settings
 
 USAGE = {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
 
 
-def build(gate: asyncio.Event) -> tuple[ShadowRunner, EnginePool, ListRecorder, list[Any]]:
-    s = make_settings(
-        [engine("large-0", "large"), engine("cand", "large", max_concurrency=4)],
-    )
-    seen: list[Any] = []
-
-    async def handler(request: httpx.Request) -> httpx.Response:
-        seen.append(orjson.loads(request.content))
+def handler_for(gate: asyncio.Event, seen: list[Any]) -> Handler:
+    async def handler(request: web.BaseRequest) -> web.StreamResponse:
+        seen.append(orjson.loads(await request.read()))
         await gate.wait()
-        return httpx.Response(200, json={"choices": [], "usage": USAGE})
+        return web.json_response({"choices": [], "usage": USAGE})
 
-    client = EngineClient(s.engines, TimeoutSettings(), lambda _: httpx.MockTransport(handler))
+    return handler
+
+
+def build(url: str) -> tuple[ShadowRunner, EnginePool, ListRecorder, EngineClient]:
+    port = int(url.rsplit(":", 1)[1])
+    s = make_settings(
+        [engine("large-0", "large", port), engine("cand", "large", port, max_concurrency=4)],
+    )
+    client = EngineClient(s.engines, TimeoutSettings())
     pool = EnginePool(s.engines)
     recorder = ListRecorder()
 
@@ -45,20 +49,23 @@ def build(gate: asyncio.Event) -> tuple[ShadowRunner, EnginePool, ListRecorder, 
         cost_of=cost_of,
         settings={"large": ShadowSettings(engine="cand", sample=1.0, max_concurrency=1)},
     )
-    return runner, pool, recorder, seen
+    return runner, pool, recorder, client
 
 
 async def test_mirror_returns_at_once_and_records_a_shadow_row() -> None:
     gate = asyncio.Event()
-    runner, pool, recorder, seen = build(gate)
-    cand = pool.engines["cand"]
-    raw = {"model": "large", "messages": [{"role": "user", "content": "hi"}]}
-    assert runner.mirror(cand, Endpoint.CHAT, raw, "req-1", "large")  # the engine still hangs
-    assert runner.in_flight == 1 and cand.in_flight == 1
-    # bounded: a second copy is dropped, not queued
-    assert not runner.mirror(cand, Endpoint.CHAT, raw, "req-2", "large")
-    gate.set()
-    await runner.drain(5)
+    seen: list[Any] = []
+    async with serve(handler_for(gate, seen)) as url:
+        runner, pool, recorder, client = build(url)
+        cand = pool.engines["cand"]
+        raw = {"model": "large", "messages": [{"role": "user", "content": "hi"}]}
+        assert runner.mirror(cand, Endpoint.CHAT, raw, "req-1", "large")  # the engine hangs
+        assert runner.in_flight == 1 and cand.in_flight == 1
+        # bounded: a second copy is dropped, not queued
+        assert not runner.mirror(cand, Endpoint.CHAT, raw, "req-2", "large")
+        gate.set()
+        await runner.drain(5)
+        await client.aclose()
     assert cand.in_flight == 0 and runner.in_flight == 0
     assert seen[0]["model"] == "model-large"
     (rec,) = recorder.records
@@ -71,10 +78,13 @@ async def test_mirror_returns_at_once_and_records_a_shadow_row() -> None:
 
 
 async def test_drain_cancels_stragglers() -> None:
-    gate = asyncio.Event()  # never set: the shadow engine hangs
-    runner, pool, _, _ = build(gate)
-    raw = {"model": "large", "messages": [{"role": "user", "content": "hi"}]}
-    assert runner.mirror(pool.engines["cand"], Endpoint.CHAT, raw, "r", "large")
-    await asyncio.sleep(0)
-    await runner.drain(0.01)
-    assert runner.in_flight == 0 and pool.engines["cand"].in_flight == 0
+    gate = asyncio.Event()  # not set until the end: the shadow engine hangs
+    async with serve(handler_for(gate, [])) as url:
+        runner, pool, _, client = build(url)
+        raw = {"model": "large", "messages": [{"role": "user", "content": "hi"}]}
+        assert runner.mirror(pool.engines["cand"], Endpoint.CHAT, raw, "r", "large")
+        await asyncio.sleep(0)
+        await runner.drain(0.01)
+        assert runner.in_flight == 0 and pool.engines["cand"].in_flight == 0
+        await client.aclose()
+        gate.set()  # let the fake engine's handler finish so the server shuts down at once
