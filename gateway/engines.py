@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 
@@ -345,7 +344,3 @@ class EngineClient:
         sessions, self._sessions = list(self._sessions.values()), {}
         for session in sessions:
             await session.close()
-
-
-def monotonic() -> float:
-    return time.monotonic()
