@@ -56,6 +56,8 @@ class Variant:
     overrides: dict[str, Any] = field(default_factory=dict)
     #: The headline variants are judged against the targets; the others show a cost.
     headline: bool = False
+    #: Run a redis-server (loopback, AOF fsync every second) and keep quotas there.
+    redis: bool = False
 
 
 VARIANTS: dict[str, Variant] = {
@@ -74,6 +76,18 @@ VARIANTS: dict[str, Variant] = {
             "non-streaming, ledger on (SQLite, batched writer)",
             False,
             {"ledger": {"enabled": True}},
+        ),
+        Variant(
+            "unary_quotas_off",
+            "non-streaming, quotas off (the reference for the quota variants)",
+            False,
+            {"quotas": {"enabled": False}},
+        ),
+        Variant(
+            "unary_quotas_redis",
+            "non-streaming, quotas in Redis on loopback (AOF, fsync every second)",
+            False,
+            redis=True,
         ),
     )
 }
@@ -377,7 +391,8 @@ def settings_of(cfg: BenchConfig) -> dict[str, Any]:
             "command": "python -m gateway.cli serve -c CONFIG (uvicorn, uvloop, httptools)",
             "workers": 1,
             "auth": "static key",
-            "quotas": "local, unlimited",
+            "quotas": "local store unless the variant says otherwise; the key has all six "
+            "limits (set far above the load) and is in a team, so both scopes are checked",
             "access_log": "off unless the variant says on",
             "ledger": "off unless the variant says on",
         },

@@ -18,6 +18,15 @@ if TYPE_CHECKING:
 HOST = "127.0.0.1"
 ENGINE_MODEL = "standin-bench"
 CLIENT_MODEL = "small"
+#: Every limit on, far above what the bench sends: every check runs, none refuses.
+KEY_LIMITS = {
+    "rpm": 10**9,
+    "tpm": 10**12,
+    "concurrency": 100_000,
+    "budget_daily_usd": 10**6,
+    "budget_monthly_usd": 10**6,
+    "budget_total_usd": 10**6,
+}
 
 
 class Rig:
@@ -64,18 +73,38 @@ class Rig:
 
         vdir = self.workdir / variant.name
         vdir.mkdir(parents=True, exist_ok=True)
-        cfg = gateway_config(vdir, self.standin.base_url, variant.overrides)
-        self.gateway_port = cfg["server"]["port"]
-        self.gateway = GatewayProcess(write_config(vdir, cfg), self.gateway_port)
-        self.gateway.start()
-        self._renice(self.gateway_pid)
+        with contextlib.ExitStack() as stack:
+            overrides = dict(variant.overrides)
+            if variant.redis:
+                redis = stack.enter_context(self._redis(vdir / "redis"))
+                overrides["quotas"] = {"backend": "redis", "redis_url": redis.url}
+            cfg = gateway_config(vdir, self.standin.base_url, overrides)
+            self.gateway_port = cfg["server"]["port"]
+            self.gateway = GatewayProcess(write_config(vdir, cfg), self.gateway_port)
+            self.gateway.start()
+            self._renice(self.gateway_pid)
+            if self.cfg.pin == "gateway0":
+                machine.pin(self.gateway_pid, {0})
+            try:
+                yield vdir
+            finally:
+                self.gateway.stop()
+                self.gateway = None
+
+    @contextlib.contextmanager
+    def _redis(self, data_dir: Path) -> Iterator[Any]:
+        """A redis-server for the variant, on the stand-in's core (as a sidecar would be)."""
+        from tests.quotas.redis_server import RedisServer
+
+        server = RedisServer(data_dir, appendfsync="everysec").start()
+        assert server.proc is not None
+        self._renice(server.proc.pid)
         if self.cfg.pin == "gateway0":
-            machine.pin(self.gateway_pid, {0})
+            machine.pin(server.proc.pid, {1})
         try:
-            yield vdir
+            yield server
         finally:
-            self.gateway.stop()
-            self.gateway = None
+            server.stop()
 
     def _renice(self, pid: int) -> None:
         if self.cfg.nice is not None and not machine.renice(pid, self.cfg.nice):
@@ -103,6 +132,7 @@ def gateway_config(workdir: Path, engine_url: str, overrides: dict[str, Any]) ->
         sections[name] = {**sections.get(name, {}), **value}
     engine = EngineSpec("bench-engine", engine_url, CLIENT_MODEL, ENGINE_MODEL)
     cfg: dict[str, Any] = base_config(workdir, [engine], **sections)  # type: ignore[arg-type]
+    cfg["auth"]["static_keys"][0]["limits"] = KEY_LIMITS
     return cfg
 
 

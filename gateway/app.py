@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.api import admin, admin_keys, admin_reports, health, openai
-from gateway.auth import Authenticator, Principal, StaticKeyAuthenticator, key_prefix
+from gateway.auth import Authenticator, Limits, Principal, StaticKeyAuthenticator, key_prefix
 from gateway.config import Settings
 from gateway.deps import Services
 from gateway.engines import Engine, EngineClient
@@ -53,6 +53,7 @@ def static_authenticator(settings: Settings) -> StaticKeyAuthenticator:
                     name=k.name,
                     team=k.team,
                     models=frozenset(k.models) if k.models is not None else None,
+                    limits=Limits(**k.limits.model_dump()),
                 ),
             )
         )
@@ -104,6 +105,9 @@ async def build_services(
         shadow=shadow,
     )
     metrics.in_flight.set_function(lambda: pipeline.active)
+    quota_status = getattr(pipeline.quotas, "status", None)
+    if quota_status is not None:
+        metrics.watch_quota_store(quota_status)
     for engine in pool.engines.values():
         metrics.engine_in_flight.labels(engine.name, engine.tier).set_function(
             lambda e=engine: e.in_flight  # type: ignore[misc]

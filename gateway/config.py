@@ -45,11 +45,23 @@ class ServerSettings(_Section):
     access_log: bool = True
 
 
+class KeyLimits(_Section):
+    """Limits of a key declared in config; absent or ``null`` means unlimited."""
+
+    rpm: int | None = Field(None, ge=0)
+    tpm: int | None = Field(None, ge=0)
+    concurrency: int | None = Field(None, ge=0)
+    budget_daily_usd: float | None = Field(None, ge=0)
+    budget_monthly_usd: float | None = Field(None, ge=0)
+    budget_total_usd: float | None = Field(None, ge=0)
+
+
 class StaticKey(_Section):
     key: SecretStr
     name: str = "static"
     team: str | None = None
     models: list[str] | None = None
+    limits: KeyLimits = Field(default_factory=lambda: KeyLimits())
 
 
 class AuthSettings(_Section):
@@ -195,8 +207,9 @@ class QuotaSettings(_Section):
     cut_stream_on_budget: bool = True
     #: Replicas sharing the limit, used to size the local fallback limiter.
     replicas: int = Field(1, ge=1)
-    #: Connections to Redis per gateway process (a burst waits for one).
-    redis_pool_size: int = Field(16, ge=1)
+    #: Quota calls waiting on Redis per gateway process (one multiplexed connection),
+    #: beyond which a call fails at once as if Redis were unreachable.
+    redis_max_in_flight: int = Field(4096, ge=1)
     #: Prefix of every Redis key the quota store writes.
     redis_prefix: str = Field("tg:q:", pattern=r"^[A-Za-z0-9_.:-]{0,32}$")
     #: Breaker on the Redis client: open after this many consecutive failures...

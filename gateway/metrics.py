@@ -6,6 +6,9 @@ vocabularies, never from request data, so cardinality stays bounded.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
@@ -82,6 +85,41 @@ class Metrics:
         )
         self.cost = Counter(
             "tollgate_cost_usd", "Cost of served requests in USD.", ["model", "tier"], registry=r
+        )
+
+        self.quota_refusals = Counter(
+            "tollgate_quota_refusals",
+            "Requests refused by a quota, by the limit hit (rpm, tpm, concurrency, "
+            "budget_daily, budget_monthly, budget_total, store_unavailable).",
+            ["limit"],
+            registry=r,
+        )
+        self.quota_store_up = Gauge(
+            "tollgate_quota_store_up",
+            "1 while the shared quota store (Redis) is reachable, 0 while its breaker is "
+            "open and the failure policy applies.",
+            registry=r,
+        )
+        self.quota_pending_settlements = Gauge(
+            "tollgate_quota_pending_settlements",
+            "Settlements queued for the quota store (grows while Redis is out).",
+            registry=r,
+        )
+        self.quota_dropped_settlements = Gauge(
+            "tollgate_quota_dropped_settlements",
+            "Settlements dropped because the queue was full (spend not counted in Redis; "
+            "the ledger still has it).",
+            registry=r,
+        )
+
+    def watch_quota_store(self, status: Callable[[], Mapping[str, Any]]) -> None:
+        """Read the store's status at scrape time (nothing on the request path)."""
+        self.quota_store_up.set_function(lambda: float(status().get("redis", "ok") == "ok"))
+        self.quota_pending_settlements.set_function(
+            lambda: float(status().get("pending_settlements", 0))
+        )
+        self.quota_dropped_settlements.set_function(
+            lambda: float(status().get("dropped_settlements", 0))
         )
 
     def render(self) -> bytes:

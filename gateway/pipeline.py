@@ -28,6 +28,8 @@ from gateway.errors import (
     InternalError,
     InvalidRequestError,
     QuotaExceededError,
+    QuotaStoreUnavailable,
+    RateLimitError,
     UpstreamError,
 )
 from gateway.ledger.record import LedgerRecord, Recorder
@@ -622,6 +624,10 @@ class Pipeline:
 
     def _observe_rejection(self, ctx: RequestContext, err: GatewayError) -> None:
         self.metrics.requests.labels(ctx.model_label, "none", str(err.status_code)).inc()
+        if isinstance(err, RateLimitError):
+            self.metrics.quota_refusals.labels(err.headers.get("x-tollgate-limit", "other")).inc()
+        elif isinstance(err, QuotaStoreUnavailable):
+            self.metrics.quota_refusals.labels("store_unavailable").inc()
         if self._server.access_log:
             log.info(
                 "rejected",

@@ -23,6 +23,7 @@ order; the code here turns their counters into headers and errors, so both speak
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import math
 from dataclasses import dataclass
 
@@ -139,6 +140,14 @@ class ScopeState:
         }[kind]
 
 
+@functools.lru_cache(maxsize=4)
+def _labels(minute: int) -> tuple[str, str]:
+    """The UTC day and month a minute falls in (days start on a minute: cacheable;
+    formatting them cost 8 µs a call, twice per request)."""
+    t = dt.datetime.fromtimestamp(minute * 60, dt.UTC)
+    return t.strftime("%Y%m%d"), t.strftime("%Y%m")
+
+
 @dataclass(frozen=True, slots=True)
 class Windows:
     """The fixed windows ``now`` falls in, and how long until each resets."""
@@ -150,8 +159,8 @@ class Windows:
 
     @classmethod
     def at(cls, now: float) -> Windows:
-        t = dt.datetime.fromtimestamp(now, dt.UTC)
-        return cls(now, int(now // 60), t.strftime("%Y%m%d"), t.strftime("%Y%m"))
+        minute = int(now // 60)
+        return cls(now, minute, *_labels(minute))
 
     @property
     def minute_reset_s(self) -> float:

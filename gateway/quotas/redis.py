@@ -25,27 +25,22 @@ moves window edges). Scripts build key names themselves, so this needs a standal
 Redis (or Sentinel), not Redis Cluster. Budgets survive a Redis restart only with
 persistence (``appendonly yes``) on.
 
-Scripts are called by SHA and loaded again when Redis lost them (a restart). Library
-errors are translated here, at one boundary, into :class:`QuotaStoreUnavailable`; the
-failure policy lives in :mod:`gateway.quotas.fallback`.
+Calls go over one multiplexed connection (:mod:`gateway.quotas.link`: why not
+redis-py's pool is measured there). Scripts are called by SHA and loaded again when
+Redis lost them (a restart). Link errors and error replies are translated here, at one
+boundary, into :class:`QuotaStoreUnavailable`; the failure policy lives in
+:mod:`gateway.quotas.fallback`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any
-
-from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import NoScriptError, RedisError
 
 from gateway.auth import Principal
 from gateway.config import QuotaSettings
@@ -62,6 +57,7 @@ from gateway.quotas.limits import (
     snapshot,
     too_large,
 )
+from gateway.quotas.link import LinkError, RedisLink, ReplyError
 
 SCRIPTS_DIR = Path(__file__).resolve().parent
 _STATE_LEN = 7
@@ -80,23 +76,21 @@ def new_hold_id(request_id: str) -> str:
     return f"{request_id}~{secrets.token_hex(6)}"
 
 
-def make_client(settings: QuotaSettings) -> Redis:
-    """A client with short timeouts and no retries: the breaker decides what to do.
+def make_link(settings: QuotaSettings) -> RedisLink:
+    """One multiplexed connection with a short timeout and no retries: the breaker
+    decides what to do.
 
     Connecting gets a longer allowance than a command: on a busy host a handshake can
     be slow without Redis being unwell, and a Redis that is down refuses at once anyway.
     """
     assert settings.redis_url is not None
     t = settings.redis_timeout_s
-    client: Redis = Redis.from_url(
+    return RedisLink(
         settings.redis_url.get_secret_value(),
-        max_connections=settings.redis_pool_size,
-        socket_timeout=t,
-        socket_connect_timeout=max(1.0, 4 * t),
-        retry=Retry(NoBackoff(), 0),
-        health_check_interval=0,
+        timeout_s=t,
+        connect_timeout_s=max(1.0, 4 * t),
+        max_in_flight=settings.redis_max_in_flight,
     )
-    return client
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,17 +116,10 @@ class RedisQuotaStore:
         self,
         settings: QuotaSettings,
         *,
-        client: Redis | None = None,
+        link: RedisLink | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self._redis = client if client is not None else make_client(settings)
-        # At most pool-size calls at once: a burst queues here (cheap when nobody waits)
-        # instead of opening dozens of connections, whose handshakes on a busy host
-        # outlast the timeout and look like an outage (measured: 3 processes x 100
-        # concurrent requests on 2 cores time out with 64 connections each, not 16).
-        # redis-py's BlockingConnectionPool does the same at ~60 us more per call.
-        self._slots = asyncio.Semaphore(settings.redis_pool_size)
-        self._slot_wait_s = max(1.0, 4 * settings.redis_timeout_s)
+        self._link = link if link is not None else make_link(settings)
         self._prefix = settings.redis_prefix
         self._ttl_ms = int(settings.reservation_ttl_s * 1000)
         self._clock = clock
@@ -144,13 +131,12 @@ class RedisQuotaStore:
         }
 
     @property
-    def client(self) -> Redis:
-        return self._redis
+    def link(self) -> RedisLink:
+        return self._link
 
     async def ping(self) -> None:
         """Check the connection and load the scripts (so a burst finds them cached)."""
-        for text in self._scripts.values():
-            await self._call(partial(self._redis.script_load, text))
+        await self._call([("SCRIPT", "LOAD", text) for text in self._scripts.values()])
 
     def windows(self) -> Windows:
         return Windows.at(self._clock())
@@ -256,7 +242,7 @@ class RedisQuotaStore:
             for s in scopes
             for suffix in (f"sd:{w.day}", f"sm:{w.month}", "st")
         ]
-        values = await self._call(lambda: self._redis.mget(keys))
+        (values,) = await self._call([("MGET", *keys)])
         states = [
             ScopeState(
                 spend_daily=int(values[3 * i] or 0),
@@ -282,14 +268,10 @@ class RedisQuotaStore:
             key_id = name[len(self._prefix) + 3 : name.index("}:")]
             holds_key = self._key(Scope(f"k:{key_id}", ""), "holds")
 
-            async def read(name: str = name, holds_key: str = holds_key) -> list[Any]:
-                pipe = self._redis.pipeline(transaction=True)
-                pipe.get(name)
-                pipe.hvals(holds_key)
-                result: list[Any] = await pipe.execute()
-                return result
-
-            value, holds = await self._call(read)
+            # One transaction, so the spend and the holds are read at the same moment.
+            *_, (value, holds) = await self._call(
+                [("MULTI",), ("GET", name), ("HVALS", holds_key), ("EXEC",)]
+            )
             held = 0
             for rec in holds:
                 fields = (rec.decode() if isinstance(rec, bytes) else str(rec)).split(":")
@@ -303,16 +285,17 @@ class RedisQuotaStore:
     async def _scan(self, pattern: str) -> AsyncIterator[Any]:
         cursor = 0
         while True:
-            cursor, names = await self._call(
-                partial(self._redis.scan, cursor, match=pattern, count=500)
+            ((cursor_raw, names),) = await self._call(
+                [("SCAN", cursor, "MATCH", pattern, "COUNT", 500)]
             )
+            cursor = int(cursor_raw)
             for name in names:
                 yield name
             if not cursor:
                 return
 
     async def aclose(self) -> None:
-        await self._redis.aclose()
+        await self._link.aclose()
 
     # ------------------------------------------------------------------ plumbing
 
@@ -321,23 +304,11 @@ class RedisQuotaStore:
 
     async def _eval(self, calls: list[tuple[str, list[Any]]]) -> list[Any]:
         """EVALSHA the scripts in one round trip; load them once if Redis lost them."""
-        single = (
-            partial(self._redis.evalsha, self._sha[calls[0][0]], 0, *calls[0][1])
-            if len(calls) == 1
-            else None
-        )
+        commands = [("EVALSHA", self._sha[name], 0, *args) for name, args in calls]
         for attempt in (1, 2):
-            try:
-                if single is not None:
-                    return [await self._call(single)]
-                results: list[Any] = await self._call(partial(self._pipeline, calls))
-            except QuotaStoreUnavailable as exc:
-                if attempt == 1 and isinstance(exc.__cause__, NoScriptError):
-                    await self.ping()
-                    continue
-                raise
-            errors = [r for r in results if isinstance(r, Exception)]
-            if attempt == 1 and any(isinstance(e, NoScriptError) for e in errors):
+            results = await self._call(commands, errors_in_place=True)
+            errors = [r for r in results if isinstance(r, ReplyError)]
+            if attempt == 1 and any(e.code == "NOSCRIPT" for e in errors):
                 # Settlements are idempotent, and a reservation refused by NOSCRIPT
                 # never ran: running the batch again is safe.
                 await self.ping()
@@ -347,31 +318,20 @@ class RedisQuotaStore:
             return results
         raise QuotaStoreUnavailable("The quota store lost its scripts.")
 
-    async def _pipeline(self, calls: list[tuple[str, list[Any]]]) -> list[Any]:
-        pipe = self._redis.pipeline(transaction=False)
-        for name, args in calls:
-            pipe.evalsha(self._sha[name], 0, *args)
-        results: list[Any] = await pipe.execute(raise_on_error=False)
-        return results
-
-    async def _call(self, make: Callable[[], Awaitable[Any]]) -> Any:
-        """One Redis call under the concurrency cap; library errors become ours."""
-        slots = self._slots
+    async def _call(
+        self, commands: Sequence[Sequence[Any]], *, errors_in_place: bool = False
+    ) -> list[Any]:
+        """Commands in one round trip. Link failures and (unless ``errors_in_place``)
+        error replies become :class:`QuotaStoreUnavailable`: the one translation point."""
         try:
-            if slots.locked():
-                try:
-                    async with asyncio.timeout(self._slot_wait_s):
-                        await slots.acquire()
-                except TimeoutError:
-                    raise QuotaStoreUnavailable("The quota store is saturated.") from None
-            else:
-                await slots.acquire()
-            try:
-                return await make()
-            finally:
-                slots.release()
-        except (RedisError, OSError) as exc:
+            results = await self._link.call_many(commands)
+        except LinkError as exc:
             raise QuotaStoreUnavailable("The quota store is unreachable.") from exc
+        if not errors_in_place:
+            for r in results:
+                if isinstance(r, ReplyError):
+                    raise QuotaStoreUnavailable("The quota store failed.") from r
+        return results
 
 
 #: Order of the limits in a scope's limit string, as reserve.lua reads them.

@@ -22,7 +22,9 @@ from tests.support import free_port
 class RedisServer:
     """One redis-server child process; ``stop``/``kill``/``start`` keep port and data."""
 
-    def __init__(self, data_dir: Path, port: int | None = None) -> None:
+    def __init__(
+        self, data_dir: Path, port: int | None = None, *, appendfsync: str = "always"
+    ) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
@@ -30,6 +32,8 @@ class RedisServer:
         self.dir = data_dir
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
+        #: "always" for tests that kill the server; benchmarks use production's "everysec".
+        self.appendfsync = appendfsync
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -52,7 +56,7 @@ class RedisServer:
                 "--appendonly",
                 "yes",
                 "--appendfsync",
-                "always",
+                self.appendfsync,
                 "--protected-mode",
                 "no",
                 "--daemonize",

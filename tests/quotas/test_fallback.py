@@ -14,6 +14,7 @@ import pytest
 from gateway.auth import Principal
 from gateway.config import QuotaSettings
 from gateway.errors import QuotaStoreUnavailable, RateLimitError
+from gateway.metrics import Metrics
 from gateway.quotas.base import Demand, Reservation
 from gateway.quotas.fallback import Breaker, Degraded, FailoverQuotaStore
 from gateway.quotas.local import LocalQuotaStore
@@ -264,3 +265,22 @@ async def test_settlement_queue_is_bounded(server: RedisServer, failover: Factor
         await store.settle(res, Demand(1, 1))
     status = store.status()
     assert status["pending_settlements"] == 2 and status["dropped_settlements"] == 1
+
+
+async def test_metrics_show_the_store_down_and_the_settlements_waiting(
+    server: RedisServer, failover: Factory
+) -> None:
+    store = failover(breaker_open_s=5.0)
+    metrics = Metrics()
+    metrics.watch_quota_store(store.status)
+    p = principal("k", rpm=1000)
+    held = await store.reserve(p, "a", Demand(1, 1))
+    assert b"tollgate_quota_store_up 1.0" in metrics.render()
+    server.kill()
+    await store.reserve(p, "b", Demand(1, 0))  # fails over to the local limiter
+    await store.settle(held, Demand(1, 1))
+    text = metrics.render()
+    assert b"tollgate_quota_store_up 0.0" in text
+    # a's settlement, and the release of the hold b's lost reply may have left.
+    assert store.status()["pending_settlements"] == 2
+    assert b"tollgate_quota_pending_settlements 2.0" in text

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import openai
 import orjson
 import pytest
 from aiohttp import web
@@ -22,7 +23,7 @@ from gateway.quotas.limits import ScopedPrincipal
 from tests.fake_upstream import Handler, stream_frames
 from tests.fake_upstream import serve_in_thread as serve_engine
 from tests.integration.conftest import set_fault
-from tests.support import EngineSpec, RunningGateway, gateway_config, serve_in_thread
+from tests.support import CLIENT_KEY, EngineSpec, RunningGateway, gateway_config, serve_in_thread
 
 MSGS = [{"role": "user", "content": "hi"}]
 #: The misbehaving engine below streams this many tokens, whatever max_tokens says.
@@ -238,3 +239,23 @@ def test_reservation_released_after_engine_error(
     assert counters.held == 0 and not counters.holds
     # Only the successful request was billed; the failures cost nothing.
     assert ok.json()["usage"]["completion_tokens"] == 3
+
+
+def test_a_static_key_carries_the_limits_written_in_config(
+    standin_pair: dict[str, StandinProcess], tmp_path: Path
+) -> None:
+    cfg = gateway_config(
+        tmp_path, [EngineSpec("small-0", standin_pair["small"].base_url, "small", "standin-small")]
+    )
+    cfg["auth"]["static_keys"][0]["limits"] = {"rpm": 2, "budget_daily_usd": 5}
+    with serve_in_thread(Settings(**cfg), monitor=False) as gw:
+        client = openai.OpenAI(base_url=gw.v1, api_key=CLIENT_KEY, max_retries=0)
+        for _ in range(2):
+            client.chat.completions.create(model="small", messages=MSGS, max_tokens=2)  # type: ignore[arg-type]
+        with pytest.raises(openai.RateLimitError) as caught:
+            client.chat.completions.create(model="small", messages=MSGS, max_tokens=2)  # type: ignore[arg-type]
+        metrics = httpx.get(gw.base_url + "/metrics", timeout=5).text
+    assert 'tollgate_quota_refusals_total{limit="rpm"} 1.0' in metrics
+    assert caught.value.code == "rate_limit_exceeded"
+    assert "requests per minute" in caught.value.message
+    assert caught.value.response.headers["x-ratelimit-limit-requests"] == "2"
