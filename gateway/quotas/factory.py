@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
-import datetime as dt
 import logging
-from collections.abc import Sequence
 
-from sqlalchemy import Engine, func, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from gateway.config import Settings
@@ -15,31 +11,11 @@ from gateway.db import make_engine
 from gateway.errors import QuotaStoreUnavailable
 from gateway.quotas.base import QuotaStore, Unlimited
 from gateway.quotas.fallback import FailoverQuotaStore
-from gateway.quotas.local import LocalQuotaStore, SpendSource
+from gateway.quotas.local import LocalQuotaStore
 from gateway.quotas.redis import RedisQuotaStore
+from gateway.quotas.spend import LedgerSpend, SpendSource
 
 log = logging.getLogger(__name__)
-
-
-class LedgerSpend:
-    """A :class:`SpendSource` reading the ledger table (once, at start-up)."""
-
-    def __init__(self, engine: Engine) -> None:
-        self._engine = engine
-
-    async def spend_since(self, since: dt.datetime | None) -> Sequence[tuple[str, str | None, int]]:
-        return await asyncio.to_thread(self._query, since)
-
-    def _query(self, since: dt.datetime | None) -> list[tuple[str, str | None, int]]:
-        from gateway.ledger.models import LedgerRow
-
-        q = select(LedgerRow.key_id, LedgerRow.team, func.sum(LedgerRow.cost_nusd)).group_by(
-            LedgerRow.key_id, LedgerRow.team
-        )
-        if since is not None:
-            q = q.where(LedgerRow.finished_at >= since)
-        with self._engine.connect() as conn:
-            return [(k, t, int(n or 0)) for k, t, n in conn.execute(q)]
 
 
 async def build_quota_store(
@@ -50,12 +26,17 @@ async def build_quota_store(
     if not q.enabled:
         return Unlimited()
     if q.backend == "redis":
-        primary = RedisQuotaStore(q)
+        if spend_source is None and settings.ledger.enabled:
+            # Kept for the store's lifetime: Redis may lose its data at any time.
+            spend_source = LedgerSpend(make_engine(settings.ledger.url))
+        failover = FailoverQuotaStore(RedisQuotaStore(q), q, spend_source=spend_source)
         try:
-            await primary.ping()
+            await failover.primary.ping()
         except QuotaStoreUnavailable:
             log.error("redis unreachable at start-up: the failure policy applies until it is up")
-        return FailoverQuotaStore(primary, q)
+        else:
+            await failover.seed()  # before the first request, if Redis is new or lost data
+        return failover
     store = LocalQuotaStore(q)
     if spend_source is not None:
         await store.load_spend(spend_source)

@@ -19,15 +19,19 @@
   reservation made without Redis is guarded by a marker. A reservation whose outcome
   is unknown (the call failed after the script may have run) is released the same way,
   so a phantom hold cannot linger until its TTL.
+* When a reservation reports that Redis lost its data (the seed marker is gone), a
+  background task puts the ledger's day, month and total spend back, once across
+  replicas (:meth:`FailoverQuotaStore.seed`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import datetime as dt
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +42,7 @@ from gateway.quotas.base import Demand, RateSnapshot, Reservation
 from gateway.quotas.limits import scopes_of
 from gateway.quotas.local import LocalQuotaStore
 from gateway.quotas.redis import RedisHold, RedisQuotaStore, SettleOp, new_hold_id
+from gateway.quotas.spend import LedgerSpend, SpendSource
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +57,15 @@ SETTLE_LINGER_S = 0.005
 BATCH_MAX = 256
 #: How long closing the store may spend sending what is still queued.
 CLOSE_FLUSH_S = 2.0
+#: After a failed seeding (ledger or Redis down), wait this long before trying again.
+SEED_RETRY_S = 30.0
+
+
+class _NoSpend:
+    """The spend source without a ledger: seeding only sets the marker."""
+
+    async def spend_since(self, since: dt.datetime | None) -> Sequence[tuple[str, str | None, int]]:
+        return []
 
 
 class Breaker:
@@ -121,14 +135,20 @@ class FailoverQuotaStore:
         *,
         fallback: LocalQuotaStore | None = None,
         breaker: Breaker | None = None,
+        spend_source: SpendSource | None = None,
     ) -> None:
         self.primary = primary
+        #: Where the spend comes from when Redis lost it (None: no ledger, seed nothing).
+        self.spend_source = spend_source
         self._settings = settings
         self.fallback = fallback or LocalQuotaStore(settings, rate_divisor=settings.replicas)
         self.breaker = breaker or Breaker(settings.breaker_failures, settings.breaker_open_s)
         self._pending: collections.deque[SettleOp] = collections.deque()
         self._dropped = 0
         self._drain_task: asyncio.Task[None] | None = None
+        self._seed_task: asyncio.Task[None] | None = None
+        self._seed_not_before = 0.0
+        self._seeds = 0
 
     # ------------------------------------------------------------------ QuotaStore
 
@@ -196,6 +216,9 @@ class FailoverQuotaStore:
         return await self.primary.spend_totals(period)
 
     async def aclose(self) -> None:
+        if self._seed_task is not None:
+            self._seed_task.cancel()
+            await asyncio.gather(self._seed_task, return_exceptions=True)
         task, self._drain_task = self._drain_task, None
         if task is not None:
             await asyncio.gather(task, return_exceptions=True)
@@ -211,6 +234,8 @@ class FailoverQuotaStore:
                 extra={"pending": len(self._pending)},
             )
         await self.primary.aclose()
+        if isinstance(self.spend_source, LedgerSpend):
+            self.spend_source.dispose()
 
     # ------------------------------------------------------------------ observability
 
@@ -220,6 +245,7 @@ class FailoverQuotaStore:
             "redis": "unreachable" if self.breaker.is_open else "ok",
             "pending_settlements": len(self._pending),
             "dropped_settlements": self._dropped,
+            "seeded_from_ledger": self._seeds,
         }
 
     async def drained(self) -> None:
@@ -305,6 +331,30 @@ class FailoverQuotaStore:
         if was_open:
             log.warning("quota store reachable again", extra={"pending": len(self._pending)})
         self._kick()
+        if self.primary.needs_seed:
+            self._kick_seed()
+
+    def _kick_seed(self) -> None:
+        """Seed Redis from the ledger in the background (one task; retried after a pause)."""
+        if self._seed_task is None and time.monotonic() >= self._seed_not_before:
+            self._seed_task = asyncio.get_running_loop().create_task(self.seed())
+
+    async def seed(self) -> None:
+        """Put the ledger's spend back into Redis if it lost it (see RedisQuotaStore.seed)."""
+        try:
+            if await self.primary.is_seeded():
+                return
+            if await self.primary.seed(self.spend_source or _NoSpend()):
+                self._seeds += 1
+                log.warning(
+                    "quota store had lost its data: spend re-seeded from the ledger",
+                    extra={"from_ledger": self.spend_source is not None},
+                )
+        except Exception as exc:  # a background task: log, and try again later
+            self._seed_not_before = time.monotonic() + SEED_RETRY_S
+            log.error("quota spend could not be re-seeded", extra={"error": str(exc)[:200]})
+        finally:
+            self._seed_task = None
 
     def _kick(self) -> None:
         """Start sending queued settlements unless that runs already or Redis is out."""

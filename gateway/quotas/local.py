@@ -11,12 +11,10 @@ divided by the replica count and budgets left to the failure policy.
 
 from __future__ import annotations
 
-import datetime as dt
 import secrets
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
 
 from gateway.auth import Principal
 from gateway.config import QuotaSettings
@@ -32,17 +30,9 @@ from gateway.quotas.limits import (
     too_large,
     violation,
 )
+from gateway.quotas.spend import SpendSource, spend_by_scope
 
 Clock = Callable[[], float]
-
-
-class SpendSource(Protocol):
-    """Where settled spend is read from at start-up (the ledger)."""
-
-    async def spend_since(self, since: dt.datetime | None) -> Sequence[tuple[str, str | None, int]]:
-        """``(key_id, team, nano-USD)`` summed per key and team over the requests
-        finished at or after ``since`` (``None``: all time)."""
-        ...
 
 
 @dataclass(slots=True)
@@ -231,19 +221,11 @@ class LocalQuotaStore:
     async def load_spend(self, source: SpendSource) -> None:
         """Rebuild day, month and total spend per key and team from the ledger."""
         w = Windows.at(self._clock())
-        now = dt.datetime.fromtimestamp(w.now, dt.UTC)
-        day_start = now.replace(hour=0, minute=0, second=0, microsecond=0)
-        month_start = day_start.replace(day=1)
-        for bucket, since in (
-            (f"d:{w.day}", day_start),
-            (f"m:{w.month}", month_start),
-            ("t", None),
-        ):
-            for key_id, team, nusd in await source.spend_since(since):
-                ids = [f"k:{key_id}"] + ([f"t:{team}"] if team is not None else [])
-                for scope_id in ids:
-                    c = self._scope(scope_id, w)
-                    c.spend[bucket] = c.spend.get(bucket, 0) + int(nusd)
+        for scope_id, spent in (await spend_by_scope(source, w)).items():
+            c = self._scope(scope_id, w)
+            for bucket, nusd in ((f"d:{w.day}", spent.day), (f"m:{w.month}", spent.month),
+                                 ("t", spent.total)):  # fmt: skip
+                c.spend[bucket] = c.spend.get(bucket, 0) + nusd
 
     async def aclose(self) -> None:
         return None

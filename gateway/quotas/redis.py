@@ -17,13 +17,17 @@ Keys (``P`` = ``quotas.redis_prefix``, ``S`` = ``k:<key id>`` or ``t:<team>``)::
     P{S}:inf            sorted set: hold id -> expiry (ms); its size is the concurrency
     P{S}:holds          hash: hold id -> "tokens:cost:minute:day:month"
     Pdone:<hold id>     marker of a settlement made without a hold (idempotency)
+    Pseeded             marker: Redis holds the ledger's spend (see ``seed``)
 
 Every hold expires after ``quotas.reservation_ttl_s``: the next reservation in its scope
 purges it and gives its tokens and cost back, so a crashed process cannot leak them.
 Time comes from the gateway's clock (NTP-synced hosts agree to a few ms, which only
 moves window edges). Scripts build key names themselves, so this needs a standalone
-Redis (or Sentinel), not Redis Cluster. Budgets survive a Redis restart only with
-persistence (``appendonly yes``) on.
+Redis (or Sentinel), not Redis Cluster. With persistence (``appendonly yes``) Redis
+keeps every counter over a restart; without it, or after a flush, the first
+reservation notices the missing seed marker and the gateway puts the day, month and
+total spend back from the ledger (:meth:`RedisQuotaStore.seed`). Rate windows and
+holds in flight start again from zero then.
 
 Calls go over one multiplexed connection (:mod:`gateway.quotas.link`: why not
 redis-py's pool is measured there). Scripts are called by SHA and loaded again when
@@ -58,6 +62,7 @@ from gateway.quotas.limits import (
     too_large,
 )
 from gateway.quotas.link import LinkError, RedisLink, ReplyError
+from gateway.quotas.spend import SpendSource, spend_by_scope
 
 SCRIPTS_DIR = Path(__file__).resolve().parent
 _STATE_LEN = 7
@@ -124,8 +129,11 @@ class RedisQuotaStore:
         self._ttl_ms = int(settings.reservation_ttl_s * 1000)
         self._clock = clock
         self._scripts = {
-            name: (SCRIPTS_DIR / f"{name}.lua").read_text() for name in ("reserve", "settle")
+            name: (SCRIPTS_DIR / f"{name}.lua").read_text()
+            for name in ("reserve", "settle", "seed")
         }
+        #: Set when a reservation found the seed marker missing (see :meth:`seed`).
+        self.needs_seed = False
         self._sha = {
             name: hashlib.sha1(text.encode()).hexdigest() for name, text in self._scripts.items()
         }
@@ -181,6 +189,8 @@ class RedisQuotaStore:
         calls = [("settle", self._settle_args(op)) for op in settle_first]
         raw = (await self._eval([*calls, ("reserve", args)]))[-1]
         reply = [int(x) for x in raw.split()]
+        if not reply.pop():
+            self.needs_seed = True
         if reply[0] == 1:
             states = _states(reply[1:], len(scopes))
             return Reservation(
@@ -229,6 +239,31 @@ class RedisQuotaStore:
             2 * self._ttl_ms,
             *op.scope_ids,
         ]
+
+    # ------------------------------------------------------------------ seeding
+
+    async def is_seeded(self) -> bool:
+        """Whether Redis holds the spend (the marker exists); clears ``needs_seed`` if so."""
+        (found,) = await self._call([("EXISTS", f"{self._prefix}seeded")])
+        if found:
+            self.needs_seed = False
+        return bool(found)
+
+    async def seed(self, source: SpendSource) -> bool:
+        """Put the ledger's spend back into a Redis that lost it, once for all replicas.
+
+        A marker key records that Redis holds the spend; reservations report when it is
+        missing (a restart without persistence, a flush, a new Redis). The first process
+        to seed sets it; the others find it set. Returns whether this call seeded.
+        """
+        w = Windows.at(self._clock())
+        spend = await spend_by_scope(source, w)
+        args: list[Any] = [self._prefix, w.day, w.month, int(w.now)]
+        for scope_id, s in spend.items():
+            args += [scope_id, s.day, s.month, s.total]
+        (seeded,) = await self._eval([("seed", args)])
+        self.needs_seed = False
+        return bool(seeded)
 
     # ------------------------------------------------------------------ reads
 

@@ -6,8 +6,10 @@
 --       per scope two: its id, and its limits "rpm tpm concurrency budget_daily
 --       budget_monthly budget_total" in one string (-1 = unlimited). Few arguments and
 --       one string reply keep the round trip cheap.
--- Returns "1 state..." when admitted (counters after the reservation), or
---         "0 scope_index kind_index state..." when refused (counters before).
+-- Returns "1 state... seeded" when admitted (counters after the reservation), or
+--         "0 scope_index kind_index state... seeded" when refused (counters before).
+-- seeded is 0 when the seed marker is missing: Redis lost its data (or is new) and the
+-- gateway should put the ledger's spend back (seed.lua).
 -- A state is 7 integers per scope: requests, tokens, in_flight, spend_day, spend_month,
 -- spend_total, held. kind_index follows gateway.quotas.limits.KINDS.
 local P = ARGV[1]
@@ -59,11 +61,14 @@ local function state(s)
           tonumber(v[3]) or 0, tonumber(v[4]) or 0, tonumber(v[5]) or 0, tonumber(v[6]) or 0}
 end
 
+local seeded = redis.call('EXISTS', P .. 'seeded')
+
 local function reply(head, states)
   local out = head
   for j = 1, n do
     for x = 1, 7 do out[#out + 1] = int(states[j][x]) end
   end
+  out[#out + 1] = int(seeded)
   return table.concat(out, ' ')
 end
 

@@ -1,18 +1,26 @@
-"""The local store rebuilds day, month and total spend from the ledger at start-up."""
+"""Spend from the ledger: the local store rebuilds it at start-up, and a Redis that lost
+its data gets it back once."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import pytest
+
 from gateway.auth import Limits
 from gateway.config import QuotaSettings, Settings
+from gateway.errors import QuotaExceededError
 from gateway.ledger.record import LedgerRecord
 from gateway.ledger.store import LedgerStore
 from gateway.quotas.base import Demand, Unlimited
 from gateway.quotas.factory import build_quota_store
+from gateway.quotas.fallback import FailoverQuotaStore
 from gateway.quotas.local import LocalQuotaStore
+from gateway.quotas.redis import RedisQuotaStore
 from tests.quotas.conftest import T0, FakeClock, principal
 
 NOW = dt.datetime.fromtimestamp(T0, dt.UTC)  # 2026-03-10 12:00:05 UTC
@@ -125,3 +133,83 @@ async def test_quotas_can_be_switched_off() -> None:
     assert isinstance(store, Unlimited)
     for i in range(5):
         await store.reserve(principal("k", rpm=1), f"r{i}", Demand(1, 0))
+
+
+# ---------------------------------------------------------------------------- Redis
+
+LEDGER_ROWS = [
+    (NOW - dt.timedelta(hours=1), "k1", "eng", 700),  # today
+    (NOW - dt.timedelta(days=3), "k1", "eng", 200),  # this month
+    (NOW - dt.timedelta(days=45), "k1", "eng", 50),  # before
+]
+
+
+async def wait_seeded(store: FailoverQuotaStore, count: int = 1) -> None:
+    deadline = time.monotonic() + 5
+    while store.status()["seeded_from_ledger"] < count:
+        assert time.monotonic() < deadline, "not seeded"
+        await asyncio.sleep(0.01)
+
+
+def redis_store(url: str, clock: FakeClock, source: FakeSpend) -> FailoverQuotaStore:
+    settings = QuotaSettings.model_validate({"backend": "redis", "redis_url": url})
+    return FailoverQuotaStore(RedisQuotaStore(settings, clock=clock), settings, spend_source=source)
+
+
+@pytest.mark.redis
+async def test_a_redis_that_lost_its_data_gets_the_ledgers_spend_back_once(
+    redis_url: str, clock: FakeClock
+) -> None:
+    """Two replicas notice the empty Redis; one seeds, and budgets count the ledger."""
+    source_a, source_b = FakeSpend(LEDGER_ROWS), FakeSpend(LEDGER_ROWS)
+    a, b = redis_store(redis_url, clock, source_a), redis_store(redis_url, clock, source_b)
+    try:
+        p = principal("k1", team="eng", budget_daily_usd=1000e-9)
+        # Admitted against an empty Redis: the ledger's 700 is not there yet.
+        await a.reserve(p, "r1", Demand(1, 100))
+        await wait_seeded(a)
+        assert await a.budget_remaining_nusd(p) == 1000 - 700 - 100
+        # Replica b sees the marker: it neither queries the ledger nor seeds again.
+        await b.reserve(p, "r2", Demand(1, 100))
+        await asyncio.sleep(0.05)
+        assert b.status()["seeded_from_ledger"] == 0 and source_b.calls == []
+        with pytest.raises(QuotaExceededError):
+            await b.reserve(p, "r3", Demand(1, 101))  # 700 + 200 held + 101 > 1000
+        month = principal("k1", team="eng", budget_monthly_usd=2000e-9)
+        assert await a.budget_remaining_nusd(month) == 2000 - 900 - 200
+        total = principal("k1", team="eng", budget_total_usd=3000e-9)
+        assert await a.budget_remaining_nusd(total) == 3000 - 950 - 200
+        team = principal("k9", team="eng", team_limits=Limits(budget_total_usd=2000e-9))
+        assert await a.budget_remaining_nusd(team) == 2000 - 950 - 200
+    finally:
+        await a.aclose()
+        await b.aclose()
+
+
+@pytest.mark.redis
+async def test_the_gateway_seeds_a_new_redis_before_its_first_request(
+    redis_url: str, tmp_path: Path
+) -> None:
+    source = FakeSpend([(dt.datetime.now(dt.UTC), "k1", None, 900)])
+    settings = Settings.model_validate(
+        {
+            "quotas": {"backend": "redis", "redis_url": redis_url},
+            "ledger": {"url": f"sqlite:///{tmp_path}/l.db"},
+        }
+    )
+    store = await build_quota_store(settings, spend_source=source)
+    try:
+        assert isinstance(store, FailoverQuotaStore)
+        assert store.status()["seeded_from_ledger"] == 1
+        with pytest.raises(QuotaExceededError, match="used"):
+            await store.reserve(principal("k1", budget_daily_usd=1000e-9), "r", Demand(1, 101))
+    finally:
+        await store.aclose()
+    # A second start finds the marker (a persistent Redis): the ledger is not read.
+    again_source = FakeSpend([(dt.datetime.now(dt.UTC), "k1", None, 900)])
+    again = await build_quota_store(settings, spend_source=again_source)
+    try:
+        assert isinstance(again, FailoverQuotaStore)
+        assert again.status()["seeded_from_ledger"] == 0 and again_source.calls == []
+    finally:
+        await again.aclose()
