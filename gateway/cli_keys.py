@@ -126,18 +126,31 @@ def _limits(**values: str | None) -> dict[str, Any]:
     return out
 
 
+def _delta(raw: str) -> dt.timedelta | None:
+    m = _DURATION.match(raw.strip())
+    if not m:
+        return None
+    n, unit = int(m.group(1)), m.group(2)
+    return {
+        "d": dt.timedelta(days=n),
+        "h": dt.timedelta(hours=n),
+        "m": dt.timedelta(minutes=n),
+    }[unit]
+
+
+def _duration_s(option: str, raw: str) -> int:
+    delta = _delta(raw)
+    if delta is None:
+        raise _fail(f"{option}: not a duration like 30d, 12h or 90m: {raw!r}")
+    return int(delta.total_seconds())
+
+
 def _expiry(raw: str | None) -> dt.datetime | None:
     if raw is None:
         return None
-    m = _DURATION.match(raw.strip())
-    if m:
-        n, unit = int(m.group(1)), m.group(2)
-        delta = {
-            "d": dt.timedelta(days=n),
-            "h": dt.timedelta(hours=n),
-            "m": dt.timedelta(minutes=n),
-        }
-        return dt.datetime.now(dt.UTC) + delta[unit]
+    delta = _delta(raw)
+    if delta is not None:
+        return dt.datetime.now(dt.UTC) + delta
     try:
         t = dt.datetime.fromisoformat(raw)
     except ValueError:
@@ -171,6 +184,8 @@ def _show_key(info: KeyInfo, as_json: bool) -> None:
     typer.echo(f"  limits:  {_limits_line(info.limits)}")
     if info.expires_at:
         typer.echo(f"  expires: {info.expires_at.isoformat()}")
+    if info.previous_valid_until:
+        typer.echo(f"  old secret works until: {info.previous_valid_until.isoformat()}")
     if info.metadata:
         typer.echo(f"  meta:    {json.dumps(info.metadata)}")
 
@@ -318,10 +333,26 @@ def revoke(key_id: str, config: ConfigOpt = None, as_json: JsonOpt = False) -> N
 
 
 @app.command("rotate")
-def rotate(key_id: str, config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
+def rotate(
+    key_id: str,
+    grace: Annotated[
+        str | None,
+        typer.Option(
+            "--grace",
+            help="Keep the old secret working this much longer (30d, 12h, 90m; at most 30d) "
+            "while clients move to the new one. Default: it stops at once.",
+        ),
+    ] = None,
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
     """Give a key a new secret (same id, limits and spend); the old one stops working."""
-    created = _call(config, lambda s: s.rotate_key(key_id))
+    grace_s = _duration_s("--grace", grace) if grace is not None else 0
+    created = _call(config, lambda s: s.rotate_key(key_id, grace_s=grace_s))
     _print_secret(created.key, created, as_json)
+    if created.previous_valid_until is not None and not as_json:
+        until = created.previous_valid_until.isoformat()
+        typer.echo(f"The old secret works until {until}.", err=True)
 
 
 # ---------------------------------------------------------------------- teams

@@ -187,6 +187,41 @@ def test_revoke_and_rotate(store: CountingStore) -> None:
         store.revoke_key("key_missing")
 
 
+def test_rotation_with_a_grace_period_keeps_the_old_secret_until_then(
+    store: CountingStore, clock: Clock
+) -> None:
+    k = store.create_key(KeyCreate(name="a", expires_at=clock.now + dt.timedelta(days=2)))
+    old = hashlib.sha256(k.key.encode()).hexdigest()
+    rotated = store.rotate_key(k.id, grace_s=3600)
+    new = hashlib.sha256(rotated.key.encode()).hexdigest()
+    assert rotated.previous_valid_until == clock.now + dt.timedelta(hours=1)
+    found_old, found_new = store.lookup(old), store.lookup(new)
+    assert found_old is not None and found_new is not None
+    assert found_old.principal.key_id == found_new.principal.key_id == k.id  # same counters
+    # The cache may keep the old secret only until its grace ends, the new one to expiry.
+    assert found_old.expires_at == clock.now + dt.timedelta(hours=1)
+    assert found_new.expires_at == clock.now + dt.timedelta(days=2)
+    clock.now += dt.timedelta(minutes=61)
+    assert store.lookup(old) is None and store.lookup(new) is not None
+    assert store.get_key(k.id).previous_valid_until is None
+
+
+def test_rotating_again_or_revoking_ends_the_grace_period(store: CountingStore) -> None:
+    k = store.create_key(KeyCreate(name="a"))
+    first = hashlib.sha256(k.key.encode()).hexdigest()
+    second = store.rotate_key(k.id, grace_s=3600)
+    third = store.rotate_key(k.id, grace_s=3600)
+    assert store.lookup(first) is None  # only the latest old secret is kept
+    assert store.lookup(hashlib.sha256(second.key.encode()).hexdigest()) is not None
+    store.rotate_key(k.id)  # no grace: the old secret dies at once
+    assert store.lookup(hashlib.sha256(third.key.encode()).hexdigest()) is None
+    fourth = store.rotate_key(k.id, grace_s=60)
+    store.revoke_key(k.id)
+    assert store.lookup(hashlib.sha256(fourth.key.encode()).hexdigest()) is None
+    with pytest.raises(InvalidRequestError, match="grace_seconds"):
+        store.rotate_key(store.create_key(KeyCreate(name="b")).id, grace_s=-1)
+
+
 def test_expiry(store: CountingStore, clock: Clock) -> None:
     with pytest.raises(InvalidRequestError):
         store.create_key(KeyCreate(name="a", expires_at=clock.now - dt.timedelta(seconds=1)))
@@ -350,5 +385,12 @@ def test_cli_manages_keys_and_teams(tmp_path: Path) -> None:
     assert "tpm=500" in shown and "rpm=" not in shown
     rotated = json.loads(ok("rotate", created["id"], "--json"))
     assert rotated["id"] == created["id"] and rotated["key"] != created["key"]
+    assert rotated["previous_valid_until"] is None
+    graced = run(app, ["rotate", created["id"], "--grace", "12h", "-c", str(config)])
+    assert graced.exit_code == 0 and "The old secret works until" in graced.stderr
+    assert KEY_RE.match(graced.stdout.strip())  # stdout: the new secret alone
+    assert "old secret works until" in ok("show", created["id"])
+    bad = run(app, ["rotate", created["id"], "--grace", "soon", "-c", str(config)])
+    assert bad.exit_code == 1 and "--grace: not a duration" in bad.output
     assert "[revoked]" in ok("revoke", created["id"])
     assert "deleted team eng" in ok("teams", "delete", "eng")

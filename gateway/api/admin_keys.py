@@ -19,7 +19,7 @@ from starlette.responses import JSONResponse, Response
 from gateway.api.admin import require_admin
 from gateway.deps import services
 from gateway.errors import InvalidRequestError, NotFoundError, ServiceUnavailableError
-from gateway.keys import KeyCreate, KeyServices, KeyUpdate, TeamCreate, TeamUpdate
+from gateway.keys import KeyCreate, KeyRotate, KeyServices, KeyUpdate, TeamCreate, TeamUpdate
 
 router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin)])
 
@@ -108,8 +108,10 @@ async def revoke_key(request: Request, key_id: str) -> Response:
 
 @router.post("/keys/{key_id}/rotate")
 async def rotate_key(request: Request, key_id: str) -> Response:
+    """New secret; ``{"grace_seconds": N}`` keeps the old one working N more seconds."""
     keys = key_services(request)
-    created = await run(keys.store.rotate_key, key_id)
+    spec = await parse(request, KeyRotate) if await request.body() else KeyRotate()
+    created = await run(keys.store.rotate_key, key_id, grace_s=spec.grace_seconds)
     keys.authenticator.invalidate()
     return _json(created, headers=_NO_STORE)
 

@@ -103,6 +103,9 @@ class ApiKey(_LimitColumns, Base):
     created_at: Mapped[dt.datetime] = mapped_column(_UTC())
     updated_at: Mapped[dt.datetime] = mapped_column(_UTC())
     rotated_at: Mapped[dt.datetime | None] = mapped_column(_UTC())
+    #: After a rotation with a grace period: the old secret's hash, valid until then.
+    previous_key_hash: Mapped[str | None] = mapped_column(String(64), unique=True, index=True)
+    previous_valid_until: Mapped[dt.datetime | None] = mapped_column(_UTC())
 
     def active(self, now: dt.datetime) -> bool:
         return self.revoked_at is None and (self.expires_at is None or self.expires_at > now)

@@ -136,6 +136,12 @@ class TeamInfo(_Schema):
         )
 
 
+class KeyRotate(_Schema):
+    """Options of a rotation: how long the old secret keeps working (0: not at all)."""
+
+    grace_seconds: int = Field(default=0, ge=0, le=30 * 86400)
+
+
 class KeyInfo(_Schema):
     """What admins see of a key: never the key itself, never its hash."""
 
@@ -150,6 +156,8 @@ class KeyInfo(_Schema):
     created_at: dt.datetime
     updated_at: dt.datetime
     rotated_at: dt.datetime | None
+    #: Until when the secret before the last rotation still works (None: it does not).
+    previous_valid_until: dt.datetime | None
     metadata: dict[str, Any]
     routing: dict[str, Any]
     active: bool
@@ -168,6 +176,11 @@ class KeyInfo(_Schema):
             created_at=key.created_at,
             updated_at=key.updated_at,
             rotated_at=key.rotated_at,
+            previous_valid_until=(
+                key.previous_valid_until
+                if key.previous_valid_until is not None and key.previous_valid_until > now
+                else None
+            ),
             metadata=key.meta or {},
             routing=key.routing or {},
             active=key.active(now),

@@ -8,7 +8,7 @@ import secrets
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
@@ -30,6 +30,9 @@ from gateway.keys.schemas import (
 from gateway.quotas.limits import ScopedPrincipal
 
 log = logging.getLogger(__name__)
+
+#: The longest grace period a rotated secret may get.
+MAX_GRACE_S = 30 * 86400
 
 KEY_PREFIX = "tg-"
 
@@ -102,11 +105,18 @@ class KeyStore:
             row = s.execute(
                 select(ApiKey, Team)
                 .outerjoin(Team, ApiKey.team == Team.name)
-                .where(ApiKey.key_hash == key_hash)
+                .where(or_(ApiKey.key_hash == key_hash, ApiKey.previous_key_hash == key_hash))
             ).first()
         if row is None or not row[0].active(now):
             return None
-        return Found(principal_of(row[0], row[1]), row[0].expires_at)
+        key, team = row
+        expires = key.expires_at
+        if key.key_hash != key_hash:  # the previous secret, within its grace period
+            until = key.previous_valid_until
+            if until is None or until <= now:
+                return None
+            expires = until if expires is None else min(expires, until)
+        return Found(principal_of(key, team), expires)
 
     # ---------------------------------------------------------------- keys
 
@@ -193,20 +203,38 @@ class KeyStore:
         log.info("api key revoked", extra={"key_id": key_id})
         return info
 
-    def rotate_key(self, key_id: str) -> CreatedKey:
-        """A new secret for the same key (same id, limits and counters); the old one dies."""
+    def rotate_key(self, key_id: str, *, grace_s: float = 0) -> CreatedKey:
+        """A new secret for the same key (same id, limits and counters).
+
+        The old secret stops working at once, or keeps working for ``grace_s`` seconds
+        so that clients can be moved over without an outage. Rotating again ends the
+        previous grace period (only the latest old secret is kept).
+        """
+        if not 0 <= grace_s <= MAX_GRACE_S:
+            raise InvalidRequestError(
+                f"grace_seconds must be between 0 and {MAX_GRACE_S} (30 days).",
+                param="grace_seconds",
+            )
         now = self._now()
         secret = new_key()
         with self._sessions.begin() as s:
             key = self._key(s, key_id)
             if key.revoked_at is not None:
                 raise ConflictError("A revoked key cannot be rotated.", code="key_revoked")
+            if grace_s > 0:
+                key.previous_key_hash = key.key_hash
+                key.previous_valid_until = now + dt.timedelta(seconds=grace_s)
+            else:
+                key.previous_key_hash = key.previous_valid_until = None
             key.key_hash = hash_key(secret)
             key.prefix = key_prefix(secret)
             key.rotated_at = now
             key.updated_at = now
             info = KeyInfo.of(key, now)
-        log.info("api key rotated", extra={"key_id": key_id, "key": info.prefix})
+        log.info(
+            "api key rotated",
+            extra={"key_id": key_id, "key": info.prefix, "grace_s": grace_s},
+        )
         return CreatedKey(**info.model_dump(), key=secret)
 
     # ---------------------------------------------------------------- teams

@@ -169,6 +169,20 @@ def test_rotate_and_revoke(admin: httpx.Client, gateway: RunningGateway) -> None
     assert created["id"] in [k["id"] for k in revoked]
 
 
+def test_rotate_with_a_grace_period(admin: httpx.Client, gateway: RunningGateway) -> None:
+    created = new_key(admin)
+    r = admin.post(f"/keys/{created['id']}/rotate", json={"grace_seconds": 3600})
+    assert r.status_code == 200 and r.json()["previous_valid_until"] is not None
+    for secret in (created["key"], r.json()["key"]):  # both work during the grace period
+        client_for(gateway, secret).chat.completions.create(
+            model="small", messages=MSGS, max_tokens=1
+        )
+    r = admin.post(f"/keys/{created['id']}/rotate", json={"grace_seconds": "soon"})
+    assert r.status_code == 400 and "grace_seconds" in r.json()["error"]["message"]
+    r = admin.post(f"/keys/{created['id']}/rotate", json={"grace_seconds": 90 * 86400})
+    assert r.status_code == 400 and "grace_seconds" in r.json()["error"]["message"]
+
+
 def test_teams_bound_their_keys(admin: httpx.Client) -> None:
     r = admin.post("/teams", json={"name": "ml", "models": ["small"], "limits": {"rpm": 50}})
     assert r.status_code == 201
