@@ -35,6 +35,7 @@ from gateway.routing.monitor import EngineMonitor
 from gateway.routing.pool import EnginePool
 from gateway.routing.rollout import ShadowRunner
 from gateway.routing.router import Router
+from gateway.throttle import FailedAttempts
 from gateway.tokens import TokenCounter
 
 log = logging.getLogger(__name__)
@@ -117,6 +118,9 @@ async def build_services(
         settings=settings,
         pipeline=pipeline,
         metrics=metrics,
+        admin_failures=FailedAttempts(
+            settings.auth.admin_max_failures, settings.auth.admin_lockout_s
+        ),
         extra={
             "started_at": time.time(),
             "monitor": engine_monitor,

@@ -76,6 +76,10 @@ class AuthSettings(_Section):
     #: How long a looked-up key stays cached (bounds how late a revocation takes effect).
     key_cache_ttl_s: float = Field(10.0, ge=0)
     key_cache_size: int = Field(10_000, ge=1)
+    #: Wrong admin tokens from one address within ``admin_lockout_s`` before it is locked
+    #: out (429 + Retry-After) of the admin API and dashboard for the rest of the window.
+    admin_max_failures: int = Field(10, ge=1)
+    admin_lockout_s: float = Field(300.0, gt=0)
 
 
 class EngineSettings(_Section):

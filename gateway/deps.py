@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from starlette.requests import Request
@@ -10,6 +10,7 @@ from starlette.requests import Request
 from gateway.config import Settings
 from gateway.metrics import Metrics
 from gateway.pipeline import Pipeline
+from gateway.throttle import FailedAttempts
 
 
 @dataclass
@@ -21,6 +22,8 @@ class Services:
     metrics: Metrics
     extra: dict[str, Any]
     draining: bool = False
+    #: Failed admin logins per client address (see :mod:`gateway.throttle`).
+    admin_failures: FailedAttempts = field(default_factory=lambda: FailedAttempts(10, 300.0))
 
 
 def services(request: Request) -> Services:

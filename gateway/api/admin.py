@@ -21,6 +21,7 @@ from fastapi import APIRouter, Depends, Request
 
 from gateway.auth import check_admin_token
 from gateway.deps import services
+from gateway.errors import AuthenticationError
 
 SESSION_COOKIE = "tollgate_admin"
 SESSION_TTL_S = 12 * 3600
@@ -59,13 +60,23 @@ def has_admin_session(request: Request) -> bool:
     )
 
 
+def client_address(request: Request) -> str:
+    return request.client.host if request.client is not None else "unknown"
+
+
 async def require_admin(request: Request) -> None:
-    settings = services(request).settings
-    token = settings.auth.admin_token
+    svc = services(request)
+    token = svc.settings.auth.admin_token
     header = request.headers.get("authorization")
     if header is None and has_admin_session(request):
         return
-    check_admin_token(header, token.get_secret_value() if token else None)
+    client = client_address(request)
+    svc.admin_failures.check(client)
+    try:
+        check_admin_token(header, token.get_secret_value() if token else None)
+    except AuthenticationError:
+        svc.admin_failures.failed(client)
+        raise
 
 
 AdminAuth = Annotated[None, Depends(require_admin)]

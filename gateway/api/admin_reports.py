@@ -23,12 +23,18 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from gateway.api.admin import (
     SESSION_COOKIE,
     SESSION_TTL_S,
+    client_address,
     has_admin_session,
     issue_session,
     require_admin,
 )
 from gateway.deps import services
-from gateway.errors import InvalidRequestError, NotFoundError, ServiceUnavailableError
+from gateway.errors import (
+    InvalidRequestError,
+    NotFoundError,
+    RateLimitError,
+    ServiceUnavailableError,
+)
 from gateway.ledger.dashboard import DashboardData, default_range, login_page, render
 from gateway.ledger.reconcile import SpendCounters, reconcile
 from gateway.ledger.reports import ReportQuery, parse_when, to_csv, to_json
@@ -148,14 +154,35 @@ async def reconcile_spend(
 
 
 def _token_matches(request: Request, candidate: str) -> bool:
-    expected = services(request).settings.auth.admin_token
-    if expected is None or not candidate:
-        return False
+    """Check a token typed into a page; failures count towards the lock-out."""
+    svc = services(request)
+    client = client_address(request)
+    svc.admin_failures.check(client)
+    expected = svc.settings.auth.admin_token
     # Compare digests: constant time whatever the candidate's length.
-    return hmac.compare_digest(
-        hashlib.sha256(candidate.encode()).digest(),
-        hashlib.sha256(expected.get_secret_value().encode()).digest(),
+    ok = (
+        expected is not None
+        and bool(candidate)
+        and hmac.compare_digest(
+            hashlib.sha256(candidate.encode()).digest(),
+            hashlib.sha256(expected.get_secret_value().encode()).digest(),
+        )
     )
+    if not ok:
+        svc.admin_failures.failed(client)
+    return ok
+
+
+def _login_refused(
+    request: Request, token: str, target: str = "/admin/dashboard"
+) -> HTMLResponse | None:
+    """The login page again, with why (a wrong token, or too many of them); None if ok."""
+    try:
+        if _token_matches(request, token):
+            return None
+    except RateLimitError as err:
+        return HTMLResponse(login_page(err.message, target), status_code=429, headers=err.headers)
+    return HTMLResponse(login_page("That admin token is not valid.", target), status_code=401)
 
 
 def _with_session(request: Request, response: Response) -> Response:
@@ -189,8 +216,9 @@ async def dashboard(
 ) -> Response:
     """Spend over time, by key, by model and tier, savings and top spenders."""
     if token is not None:
-        if not _token_matches(request, token):
-            return HTMLResponse(login_page("That admin token is not valid."), status_code=401)
+        refused = _login_refused(request, token)
+        if refused is not None:
+            return refused
         params = urlencode({k: v for k, v in (("start", start), ("end", end)) if v})
         target = "/admin/dashboard" + (f"?{params}" if params else "")
         return _with_session(request, RedirectResponse(target, status_code=303))
@@ -225,8 +253,9 @@ async def login(request: Request) -> Response:
     form = parse_qs(body.decode("utf-8", "replace"))
     token = (form.get("token") or [""])[0]
     target = _safe_next(form.get("next", [""])[0])
-    if not _token_matches(request, token):
-        return HTMLResponse(login_page("That admin token is not valid.", target), status_code=401)
+    refused = _login_refused(request, token, target)
+    if refused is not None:
+        return refused
     return _with_session(request, RedirectResponse(target, status_code=303))
 
 

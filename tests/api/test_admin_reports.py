@@ -167,3 +167,26 @@ def test_reports_when_the_ledger_is_disabled(
     with serve_in_thread(Settings(**cfg)) as gw:
         resp = httpx.get(gw.base_url + "/admin/reports", headers=ADMIN)
     assert resp.status_code == 503 and resp.json()["error"]["code"] == "ledger_disabled"
+
+
+def test_wrong_admin_tokens_lock_the_address_out_for_a_while(
+    standin_pair: dict[str, StandinProcess], tmp_path: Path
+) -> None:
+    cfg = gateway_config(
+        tmp_path, specs(standin_pair), auth={"admin_max_failures": 3, "admin_lockout_s": 60}
+    )
+    with serve_in_thread(Settings(**cfg)) as gw, httpx.Client(base_url=gw.base_url) as http:
+        wrong = {"authorization": "Bearer tg-not-the-admin-token-0000000000"}
+        assert http.get("/admin/engines", headers=wrong).status_code == 401
+        assert http.post("/admin/login", data={"token": "guess"}).status_code == 401
+        assert http.get("/admin/dashboard", params={"token": "guess2"}).status_code == 401
+        # Locked out now, even with the right token, on the API and the login page.
+        locked = http.get("/admin/engines", headers=ADMIN)
+        assert locked.status_code == 429
+        assert locked.json()["error"]["code"] == "too_many_failed_logins"
+        assert 0 < int(locked.headers["retry-after"]) <= 60
+        page = http.post("/admin/login", data={"token": ADMIN_TOKEN})
+        assert page.status_code == 429 and "Too many failed admin logins" in page.text
+        # Client keys are not affected.
+        client = openai.OpenAI(base_url=gw.v1, api_key=CLIENT_KEY, max_retries=0)
+        client.chat.completions.create(model="small", messages=MSGS, max_tokens=1)  # type: ignore[call-overload]
