@@ -244,6 +244,9 @@ class LedgerSettings(_Section):
     retry_max_s: float = Field(5.0, gt=0)
     #: Bound on the flush at shutdown; what is left goes to the spill file.
     shutdown_timeout_s: float = Field(10.0, gt=0)
+    #: Write each record to a journal in ``spill_dir`` before it waits in memory, so a
+    #: killed process (SIGKILL, OOM) loses none (see gateway/ledger/journal.py).
+    journal: bool = True
 
 
 class PricingSettings(_Section):

@@ -8,6 +8,9 @@ One directory, shared safely by several gateway processes:
 * ``sealed-<ns>-<id>.jsonl``: a closed file waiting for replay. Whoever replays it
   takes its lock first, so two processes never replay one file at the same time.
 * ``rejected-<id>.jsonl``: records the database refused outright, kept for a human.
+* ``journal-<id>-<ns>.jsonl``: a process's write-ahead journal
+  (:mod:`gateway.ledger.journal`), locked like an open file and replayed the same way
+  when its process died.
 
 Each line is one record as JSON. Appends are buffered and made durable by :meth:`sync`
 (flush + ``fsync``) in batches; a line cut short by a crash is skipped on replay and
@@ -24,7 +27,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -201,18 +204,24 @@ class SpillDir:
 
     # ------------------------------------------------------------------ replaying
 
-    def pending(self) -> list[Path]:
-        """Files waiting for replay: sealed ones, and open ones whose process is gone."""
+    def pending(self, exclude: Collection[Path] = ()) -> list[Path]:
+        """Files waiting for replay: sealed ones, and open files and journals (see
+        :mod:`gateway.ledger.journal`) whose process may be gone (``claim`` tells)."""
         if not self.directory.is_dir():
             return []
-        own = self._path
+        own = {self._path, *exclude}
         sealed = sorted(self.directory.glob("sealed-*.jsonl"))
-        orphans = sorted(p for p in self.directory.glob("open-*.jsonl") if p != own)
+        orphans = sorted(
+            p
+            for pattern in ("open-*.jsonl", "journal-*.jsonl")
+            for p in self.directory.glob(pattern)
+            if p not in own
+        )
         return sealed + orphans
 
-    def pending_bytes(self) -> int:
+    def pending_bytes(self, exclude: Collection[Path] = ()) -> int:
         total = self.open_bytes
-        for path in self.pending():
+        for path in self.pending(exclude):
             with contextlib.suppress(FileNotFoundError):
                 total += path.stat().st_size
         return total

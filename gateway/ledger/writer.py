@@ -13,6 +13,11 @@ database::
         │ database back
         └──► replay, a few batches per cycle, interleaved with live batches
 
+Before a record waits in memory it is also appended to the write-ahead journal
+(:mod:`gateway.ledger.journal`; one ``write`` per event-loop turn), which is forgotten
+once the record is in the database or fsync'd in the spill file: a process killed
+outright (SIGKILL, OOM) loses nothing it had accepted; the next start replays it.
+
 Every insert is ``ON CONFLICT (request_id) DO NOTHING``: a batch whose commit was lost
 in flight and then spilled, or a spill file replayed twice, is never counted twice.
 While the database is down the writer backs off (up to ``retry_max_s``) and moves
@@ -27,8 +32,9 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Protocol
 
 from prometheus_client import CollectorRegistry
@@ -36,6 +42,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from gateway.config import LedgerSettings
+from gateway.ledger.journal import Journal
 from gateway.ledger.record import LedgerRecord
 from gateway.ledger.spill import ReplayFile, SpillDir, encode
 from gateway.ledger.store import LedgerRejectedError, LedgerUnavailableError
@@ -98,7 +105,14 @@ class LedgerWriter:
         self._replay_batches = replay_batches_per_cycle
         self._orphan_scan_s = orphan_scan_s
         self._spill = SpillDir(settings.spill_dir)
+        self._journal = Journal(settings.spill_dir) if settings.journal else None
         self._queue: deque[LedgerRecord] = deque()
+        # Sequence numbers, for the journal's watermark: every record below it is in the
+        # database, fsync'd in a spill file, set aside or counted as dropped.
+        self._seq = 0
+        self._queue_seqs: deque[int] = deque()
+        self._busy_from: int | None = None  # first seq of the batch being handled
+        self._hot_seqs: list[int] = []  # spilled on the request path, not yet fsync'd
         self._wake = asyncio.Event()
         self._drained = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -138,21 +152,27 @@ class LedgerWriter:
         if self._closed:
             self._record_late(rec)
             return
+        seq = self._seq
+        self._seq += 1
+        if self._journal is not None:
+            self._journal.append(encode(rec), seq)
         queue = self._queue
         if len(queue) < self._max:
             queue.append(rec)
+            self._queue_seqs.append(seq)
             if len(queue) == self._batch:
                 self._wake.set()
             return
-        self._spill_hot(rec)
+        self._spill_hot(rec, seq)
 
-    def _spill_hot(self, rec: LedgerRecord) -> None:
+    def _spill_hot(self, rec: LedgerRecord, seq: int) -> None:
         try:
             self._spill.append(encode(rec))
         except OSError:
             self._dropped += 1
             log.exception("ledger record lost: queue full and spill file not writable")
             return
+        self._hot_seqs.append(seq)
         self._spilled_hot += 1
         self._hot_unsynced = True
         self._replay_wanted = True
@@ -235,6 +255,7 @@ class LedgerWriter:
         self._closed = True
         left = list(self._queue)
         self._queue.clear()
+        self._queue_seqs.clear()
         if timed_out:
             # A worker thread may still be busy with the spill file: write apart.
             log.warning("ledger flush timed out at shutdown", extra={"spilled": len(left)})
@@ -243,6 +264,8 @@ class LedgerWriter:
                     self._spill.write_sealed_now, b"".join(encode(r) for r in left)
                 )
                 self._spilled_hot += len(left)
+            if self._journal is not None:
+                self._journal.close(0)  # keep it all: replayed (idempotently) at next start
             return
         if left:
             await asyncio.to_thread(self._spill_batch, left)
@@ -250,6 +273,9 @@ class LedgerWriter:
             self._spill.release(self._replay)
             self._replay = self._replay_iter = None
         await asyncio.to_thread(self._spill.close)
+        self._hot_seqs.clear()  # closing fsync'd them
+        if self._journal is not None:
+            self._journal.close(self.watermark())
 
     # ------------------------------------------------------------------ background loop
 
@@ -283,19 +309,24 @@ class LedgerWriter:
         now = time.monotonic()
         if self._hot_unsynced:
             self._hot_unsynced = False
-            await asyncio.to_thread(self._spill.sync)
+            syncing, self._hot_seqs = self._hot_seqs, []
+            self._busy_from = syncing[0] if syncing else None
+            try:
+                await asyncio.to_thread(self._spill.sync)
+            finally:
+                self._busy_from = None
         if self._warned_full and len(self._queue) < self._max // 2:
             self._warned_full = False
         if not self._db_up and now < self._retry_at:
             # Database down: keep memory small and records durable until the retry.
             batch = self._take(len(self._queue))
             if batch:
-                await asyncio.to_thread(self._spill_batch, batch)
+                await self._handle(self._spill_batch, batch)
             return
         # Drain what is queued (in batches), then do a slice of replay.
         while self._queue and (self._db_up or time.monotonic() >= self._retry_at):
             batch = self._take(self._batch)
-            await asyncio.to_thread(self._write_live, batch)
+            await self._handle(self._write_live, batch)
             if len(self._queue) < self._batch and not (self._closing or self._flush_requested):
                 break
         if (self._db_up or time.monotonic() >= self._retry_at) and (
@@ -304,8 +335,39 @@ class LedgerWriter:
             await asyncio.to_thread(self._replay_some)
 
     def _take(self, n: int) -> list[LedgerRecord]:
-        queue = self._queue
-        return [queue.popleft() for _ in range(min(n, len(queue)))]
+        """Up to ``n`` records off the queue; the caller must hand them to :meth:`_handle`."""
+        queue, seqs = self._queue, self._queue_seqs
+        k = min(n, len(queue))
+        if k:
+            self._busy_from = seqs[0]
+        for _ in range(k):
+            seqs.popleft()
+        return [queue.popleft() for _ in range(k)]
+
+    async def _handle(
+        self, fn: Callable[[list[LedgerRecord]], None], batch: list[LedgerRecord]
+    ) -> None:
+        """Write or spill a batch in the worker thread, then let the journal forget it."""
+        try:
+            await asyncio.to_thread(fn, batch)
+        finally:
+            self._busy_from = None
+        if self._journal is not None:
+            self._journal.release(self.watermark())
+
+    def _journal_paths(self) -> set[Path]:
+        return self._journal.paths() if self._journal is not None else set()
+
+    def watermark(self) -> int:
+        """The lowest sequence number not yet durable outside the journal."""
+        candidates = [self._seq]
+        if self._busy_from is not None:
+            candidates.append(self._busy_from)
+        if self._queue_seqs:
+            candidates.append(self._queue_seqs[0])
+        if self._hot_seqs:
+            candidates.append(self._hot_seqs[0])
+        return min(candidates)
 
     # ------------------------------------------------------------------ worker thread
 
@@ -417,7 +479,7 @@ class LedgerWriter:
         self._replay_wanted = False
         self._next_orphan_scan = time.monotonic() + self._orphan_scan_s
         self._spill.seal()
-        for path in self._spill.pending():
+        for path in self._spill.pending(self._journal_paths()):
             claimed = self._spill.claim(path)
             if claimed is not None:
                 self._replay = claimed
@@ -445,7 +507,7 @@ class LedgerWriter:
             rejected=self._rejected,
             dropped=self._dropped + self._dropped_bg,
             failures=self._failures,
-            spill_pending_bytes=self._spill.pending_bytes(),
+            spill_pending_bytes=self._spill.pending_bytes(self._journal_paths()),
             database_up=self._db_up,
         )
 
