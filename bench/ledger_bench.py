@@ -548,10 +548,12 @@ def write_markdown(data: dict[str, Any], path: Path) -> None:
 
 def notes(data: dict[str, Any]) -> list[str]:
     out = [
-        "- `record()` is a bounded deque append: a few microseconds, whatever the database "
-        "does. The database work happens in a worker thread in batches of `batch_size`.",
-        "- Added p50 is a few microseconds: the call itself (a deque append instead of a "
-        "no-op) plus a little loop time for batching. Added p99 moves by tenths of a "
+        "- `record()` is a bounded deque append plus the record's JSON line for the "
+        "write-ahead journal (about 10 µs together), whatever the database does; the "
+        "journal's lines go out in one `write` per event-loop turn. The database work "
+        "happens in a worker thread in batches of `batch_size`.",
+        "- Added p50 is about ten microseconds: the call itself plus a little loop time "
+        "for batching and the journal's write. Added p99 moves by tenths of a "
         "millisecond either way between backends and runs (its interval often straddles "
         "zero or has the other sign): on a shared 2-core host that is the machine's noise.",
         "- When the queue is full (or the database is down) a record costs one buffered "

@@ -5,11 +5,12 @@
 In one run, against one stand-in engine, for each concurrency and mode (non-streaming,
 streaming), closed-loop workers drive:
 
-* ``httpx``: the gateway's own :class:`gateway.engines.EngineClient` (the pooled
-  ``httpx.AsyncClient`` exactly as the gateway configures it, with its timeouts, status
-  handling and SSE parsing);
+* ``httpx``: a pooled ``httpx.AsyncClient`` configured as the gateway's engine client
+  was before this comparison (its timeouts, status handling and SSE parsing);
 * ``aiohttp``: a ``ClientSession`` + ``TCPConnector`` doing the same work (the same
   timeouts, status check and the gateway's ``SSEReader`` on the stream);
+* ``gateway``: the gateway's own :class:`gateway.engines.EngineClient` as it is now
+  (aiohttp-based since this comparison), to check it stays as cheap as bare aiohttp;
 * ``httpx2``: pydantic's fork of httpx (installed with ``openai``), whose reworked
   connection pool targets exactly the per-request pool scan, with the same settings;
 * ``raw``: the benchmark's own keep-alive client (:mod:`bench.loadgen`) as a floor:
@@ -48,7 +49,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 MODEL = "standin-clients"
 HOST = "127.0.0.1"
-CLIENTS = ("httpx", "aiohttp", "httpx2", "raw")
+CLIENTS = ("httpx", "aiohttp", "gateway", "httpx2", "raw")
 MODES = ("unary", "stream")
 
 Call = Callable[[], Awaitable[bool]]
@@ -82,7 +83,7 @@ def body(stream: bool, max_tokens: int) -> bytes:
 
 
 @contextlib.asynccontextmanager
-async def httpx_client(
+async def gateway_client(
     url: str, concurrency: int, stream: bool, max_tokens: int
 ) -> AsyncIterator[Call]:
     """The gateway's EngineClient, configured as the gateway configures it."""
@@ -168,12 +169,32 @@ async def aiohttp_client(
 
 
 @contextlib.asynccontextmanager
+async def httpx_client(
+    url: str, concurrency: int, stream: bool, max_tokens: int
+) -> AsyncIterator[Call]:
+    """httpx, configured as the gateway's engine client configured it."""
+    import httpx
+
+    async with _httpx_like(httpx, url, concurrency, stream, max_tokens) as call:
+        yield call
+
+
+@contextlib.asynccontextmanager
 async def httpx2_client(
     url: str, concurrency: int, stream: bool, max_tokens: int
 ) -> AsyncIterator[Call]:
-    """pydantic's httpx2 fork (reworked pool), configured like EngineClient configures httpx."""
+    """pydantic's httpx2 fork (reworked pool), configured the same way."""
     import httpx2
 
+    async with _httpx_like(httpx2, url, concurrency, stream, max_tokens) as call:
+        yield call
+
+
+@contextlib.asynccontextmanager
+async def _httpx_like(
+    httpx2: Any, url: str, concurrency: int, stream: bool, max_tokens: int
+) -> AsyncIterator[Call]:
+    """``httpx`` or its API-compatible fork ``httpx2``, with the same settings."""
     t = TimeoutSettings.model_validate({})
     limits = httpx2.Limits(
         max_connections=max(64, concurrency) + 16,
@@ -244,6 +265,7 @@ async def raw_client(
 FACTORIES = {
     "httpx": httpx_client,
     "aiohttp": aiohttp_client,
+    "gateway": gateway_client,
     "httpx2": httpx2_client,
     "raw": raw_client,
 }
