@@ -40,7 +40,6 @@ from gateway.auth import Limits, Principal
 from gateway.config import QuotaSettings
 from gateway.quotas.base import Demand, QuotaStore, Reservation, Unlimited
 from gateway.quotas.fallback import FailoverQuotaStore
-from gateway.quotas.limits import ScopedPrincipal
 from gateway.quotas.link import RedisLink
 from gateway.quotas.local import LocalQuotaStore
 from gateway.quotas.redis import RedisQuotaStore
@@ -48,7 +47,7 @@ from tests.quotas.redis_server import RedisServer
 
 RESULTS = Path(__file__).resolve().parent / "results"
 BIG = 10**9
-PRINCIPAL = ScopedPrincipal(
+PRINCIPAL = Principal(
     key_id="bench",
     key_prefix="tg-bench",
     name="bench",

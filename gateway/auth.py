@@ -70,6 +70,9 @@ class Principal:
     models: frozenset[str] | None = None
     #: Effective limits (stricter of key and team).
     limits: Limits = field(default_factory=Limits)
+    #: The team's own limits, enforced on counters shared by every key of the team
+    #: (``None``: the team has none, or the key has no team).
+    team_limits: Limits | None = None
     metadata: Mapping[str, Any] = field(default_factory=dict)
     #: Default routing hints for this key (e.g. {"prefer_tier": "small"}).
     routing: Mapping[str, Any] = field(default_factory=dict)

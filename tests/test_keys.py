@@ -33,7 +33,6 @@ from gateway.keys import (
     TeamCreate,
     TeamUpdate,
 )
-from gateway.quotas.limits import ScopedPrincipal
 
 
 class Clock:
@@ -111,7 +110,6 @@ def test_lookup_gives_the_effective_principal(store: CountingStore) -> None:
     found = store.lookup(hashlib.sha256(created.key.encode()).hexdigest())
     assert found is not None
     p = found.principal
-    assert isinstance(p, ScopedPrincipal)
     assert p.key_id == created.id and p.team == "eng" and p.models == frozenset({"small"})
     assert p.limits.rpm == 10 and p.limits.tpm == 5000 and p.limits.budget_daily_usd == 5.0
     assert p.team_limits is not None and p.team_limits.rpm == 100

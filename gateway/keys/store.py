@@ -27,7 +27,6 @@ from gateway.keys.schemas import (
     TeamInfo,
     TeamUpdate,
 )
-from gateway.quotas.limits import ScopedPrincipal
 
 log = logging.getLogger(__name__)
 
@@ -56,14 +55,14 @@ class Found:
     expires_at: dt.datetime | None
 
 
-def principal_of(key: ApiKey, team: Team | None) -> ScopedPrincipal:
+def principal_of(key: ApiKey, team: Team | None) -> Principal:
     """The effective principal: models intersected, limits the stricter of key and team."""
     key_limits = key.limits()
     team_limits = team.limits() if team is not None else None
     models: set[str] | None = set(key.models) if key.models is not None else None
     if team is not None and team.models is not None:
         models = set(team.models) if models is None else models & set(team.models)
-    return ScopedPrincipal(
+    return Principal(
         key_id=key.id,
         key_prefix=key.prefix,
         name=key.name,

@@ -53,17 +53,6 @@ _BUDGET_NAMES = {
 
 
 @dataclass(frozen=True, slots=True)
-class ScopedPrincipal(Principal):
-    """A principal that also carries its team's own limits (enforced on team counters).
-
-    ``limits`` stays the effective (stricter) limit of the key; ``team_limits`` are the
-    team's, shared by every key of the team.
-    """
-
-    team_limits: Limits | None = None
-
-
-@dataclass(frozen=True, slots=True)
 class Scope:
     """One set of counters and the limits that apply to it (``None``: unlimited)."""
 
@@ -203,8 +192,9 @@ def scopes_of(principal: Principal) -> tuple[Scope, ...]:
     key = Scope.of(f"k:{principal.key_id}", "this API key", principal.limits)
     if principal.team is None:
         return (key,)
-    team_limits = principal.team_limits if isinstance(principal, ScopedPrincipal) else None
-    team = Scope.of(f"t:{principal.team}", f"team '{principal.team}'", team_limits or Limits())
+    team = Scope.of(
+        f"t:{principal.team}", f"team '{principal.team}'", principal.team_limits or Limits()
+    )
     return (key, team)
 
 

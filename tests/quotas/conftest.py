@@ -9,11 +9,10 @@ from typing import Any
 
 import pytest
 
-from gateway.auth import Limits
+from gateway.auth import Limits, Principal
 from gateway.config import QuotaSettings
 from gateway.quotas.base import QuotaStore
 from gateway.quotas.fallback import FailoverQuotaStore
-from gateway.quotas.limits import ScopedPrincipal
 from gateway.quotas.local import LocalQuotaStore
 from gateway.quotas.redis import RedisQuotaStore
 from tests.quotas.redis_server import RedisServer
@@ -41,9 +40,9 @@ def principal(
     team: str | None = None,
     team_limits: Limits | None = None,
     **limits: Any,
-) -> ScopedPrincipal:
+) -> Principal:
     own = Limits(**limits)
-    return ScopedPrincipal(
+    return Principal(
         key_id=key,
         key_prefix="tg-" + key[:7],
         name=key,

@@ -14,11 +14,10 @@ import random
 import sys
 import time
 
-from gateway.auth import Limits
+from gateway.auth import Limits, Principal
 from gateway.config import QuotaSettings
 from gateway.errors import RateLimitError
 from gateway.quotas.base import Demand
-from gateway.quotas.limits import ScopedPrincipal
 from gateway.quotas.redis import RedisQuotaStore
 
 #: Every process uses this instant, so all share one rpm window whenever the test runs.
@@ -37,7 +36,7 @@ async def main(url: str, mode: str, start_at: float) -> dict[str, int]:
     await asyncio.sleep(max(0.0, start_at - time.time()))
     try:
         if mode == "rpm":
-            p = ScopedPrincipal(
+            p = Principal(
                 key_id="rpm", key_prefix="tg-rpm", name="rpm", limits=Limits(rpm=RPM_LIMIT)
             )
             results = await asyncio.gather(
@@ -47,7 +46,7 @@ async def main(url: str, mode: str, start_at: float) -> dict[str, int]:
             admitted = sum(1 for r in results if not isinstance(r, BaseException))
             refused = sum(1 for r in results if isinstance(r, RateLimitError))
         else:
-            p = ScopedPrincipal(
+            p = Principal(
                 key_id="budget",
                 key_prefix="tg-budget",
                 name="budget",

@@ -14,12 +14,11 @@ import pytest
 from aiohttp import web
 
 from engines.standin import StandinProcess
-from gateway.auth import hash_key
+from gateway.auth import Principal, hash_key
 from gateway.config import Settings
 from gateway.db import make_engine
 from gateway.keys import KeyCreate, KeyStore, LimitsIn
 from gateway.ledger.record import LedgerRecord
-from gateway.quotas.limits import ScopedPrincipal
 from tests.fake_upstream import Handler, stream_frames
 from tests.fake_upstream import serve_in_thread as serve_engine
 from tests.integration.conftest import set_fault
@@ -159,7 +158,7 @@ def standin_gateway(
         yield gw, store
 
 
-def one_slot_key(store: KeyStore) -> tuple[str, ScopedPrincipal]:
+def one_slot_key(store: KeyStore) -> tuple[str, Principal]:
     created = store.create_key(
         KeyCreate(
             name="one",
@@ -167,7 +166,7 @@ def one_slot_key(store: KeyStore) -> tuple[str, ScopedPrincipal]:
         )
     )
     found = store.lookup(hash_key(created.key))
-    assert found is not None and isinstance(found.principal, ScopedPrincipal)
+    assert found is not None
     return created.key, found.principal
 
 
