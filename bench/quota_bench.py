@@ -230,6 +230,7 @@ async def on_vs_off(kind: str, url: str, cfg: Config) -> dict[str, Any]:
     try:
         await paced_block(on, cfg, 1.0, "warm")
         for k, mode in enumerate(order):
+            print(f"  {kind}: block {k + 1}/{len(order)} ({mode})", flush=True)
             out = await paced_block(on if mode == "on" else off, cfg, per_block, f"{kind}{k}")
             for name, values in out.items():
                 got[mode][name].extend(values)
@@ -250,8 +251,18 @@ async def on_vs_off(kind: str, url: str, cfg: Config) -> dict[str, Any]:
 async def run(cfg: Config) -> dict[str, Any]:
     with redis_server(cfg.redis_url) as url:
         kinds = ("local", "redis", "ping-link", "ping-redis-py")
-        seq = {k: await sequential(k, url, cfg.iterations) for k in kinds}
-        paced = {k: await on_vs_off(k, url, cfg) for k in kinds}
+        seq = {}
+        for k in kinds:
+            seq[k] = await sequential(k, url, cfg.iterations)
+            pair = seq[k]["reserve_settle"]
+            print(f"sequential {k:<14} reserve+settle p50 {pair['p50_us']} µs", flush=True)
+        paced = {}
+        for k in kinds:
+            paced[k] = await on_vs_off(k, url, cfg)
+            print(
+                f"paced      {k:<14} {cfg.rate:g} req/s: adds {paced[k]['added_p50_us']} µs p50",
+                flush=True,
+            )
     return {
         "config": asdict(cfg) | {"redis_url": "loopback" if cfg.redis_url is None else "given"},
         "machine": machine.describe(("hiredis", "redis", "uvloop")),

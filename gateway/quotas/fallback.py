@@ -346,10 +346,13 @@ class FailoverQuotaStore:
                 return
             if await self.primary.seed(self.spend_source or _NoSpend()):
                 self._seeds += 1
-                log.warning(
-                    "quota store had lost its data: spend re-seeded from the ledger",
-                    extra={"from_ledger": self.spend_source is not None},
-                )
+                if self.spend_source is None:
+                    log.info("quota store seeded (no ledger here: no spend to restore)")
+                else:
+                    log.warning(
+                        "quota store had no seed marker (a new Redis, or one that lost its "
+                        "data): day, month and total spend restored from the ledger"
+                    )
         except Exception as exc:  # a background task: log, and try again later
             self._seed_not_before = time.monotonic() + SEED_RETRY_S
             log.error("quota spend could not be re-seeded", extra={"error": str(exc)[:200]})
