@@ -80,6 +80,17 @@ def test_workers_need_redis(tmp_path: Path) -> None:
         Settings.load(write(tmp_path, BASE + "server: {workers: 2}\n"))
 
 
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [("http://:s3cret@cache:6379", "starts with"), ("redis://:s3cret@cache/zero", "a number")],
+)
+def test_a_bad_redis_url_is_named_without_its_password(tmp_path: Path, url: str, why: str) -> None:
+    text = BASE + f"quotas: {{backend: redis, redis_url: '{url}'}}\n"
+    with pytest.raises(ConfigError, match="redis_url") as exc:
+        Settings.load(write(tmp_path, text))
+    assert why in str(exc.value) and "s3cret" not in str(exc.value)
+
+
 def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not found"):
         Settings.load(tmp_path / "missing.yaml")
