@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 #: A segment is closed and a new one started beyond this size.
-SEGMENT_BYTES = 8 << 20
+SEGMENT_BYTES = 1 << 20
 
 
 @dataclass(slots=True)
