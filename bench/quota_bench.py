@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
 import uvloop
 from redis.asyncio import Redis
 
@@ -323,6 +324,90 @@ def end_to_end(cfg: Config, quick: bool) -> dict[str, Any]:
     return {"rows": rows, "details": str(out_dir.relative_to(RESULTS) / "overhead.md")}
 
 
+def paired(cfg: Config, quick: bool) -> dict[str, Any]:
+    """Two gateway processes side by side, quotas off and in Redis, before one stand-in
+    engine; blocks alternate ABBA between them at ``cfg.rate``, so both see the same
+    machine. What Redis quotas add = Redis gateway - off gateway, at p50 and p99."""
+    return uvloop.run(_paired(cfg, quick))
+
+
+async def _paired(cfg: Config, quick: bool) -> dict[str, Any]:
+    import numpy as np
+
+    from bench.loadgen import ConnectionPool, Target, open_loop
+    from bench.rig import KEY_LIMITS
+    from bench.summary import added
+    from engines.standin import StandinProcess
+    from tests.support import CLIENT_KEY, EngineSpec, GatewayProcess, free_port, gateway_config
+    from tests.support import write_config as write_gateway_config
+
+    duration, blocks = (4.0, 4) if quick else (40.0, 8)
+    engine_ms = 20.0
+    body = orjson.dumps(
+        {"model": "small", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
+    )
+    with contextlib.ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="tollgate-qb-")))
+        engine = StandinProcess(model="qb-small", ttft_ms=engine_ms, tpot_ms=1, max_num_seqs=512)
+        engine.start()
+        stack.callback(engine.stop)
+        url = stack.enter_context(redis_server(cfg.redis_url))
+        targets: dict[str, Target] = {}
+        for name, quotas in (
+            ("off", {"enabled": False}),
+            ("redis", {"backend": "redis", "redis_url": url}),
+        ):
+            port = free_port()
+            wd = tmp / name
+            wd.mkdir()
+            gcfg = gateway_config(
+                wd,
+                [EngineSpec("small-0", engine.base_url, "small", "qb-small")],
+                port=port,
+                server={"access_log": False, "log_level": "WARNING"},
+                auth={"key_store": False},
+                ledger={"enabled": False},
+                quotas=quotas,
+                routing={"breaker": {"health_interval_s": 5.0, "metrics_interval_s": 1.0}},
+            )
+            gcfg["auth"]["static_keys"][0]["limits"] = KEY_LIMITS
+            gw = GatewayProcess(write_gateway_config(wd, gcfg), port)
+            stack.enter_context(gw)
+            auth = (("Authorization", f"Bearer {CLIENT_KEY}"),)
+            targets[name] = Target(name, "127.0.0.1", port, "/v1/chat/completions", body,
+                                   False, auth)  # fmt: skip
+        pools = {n: ConnectionPool("127.0.0.1", t.port) for n, t in targets.items()}
+        for pool in pools.values():
+            await pool.warm(64)
+        for name in targets:
+            await open_loop(pools[name], targets[name], rate=cfg.rate, duration=2.0)
+        got: dict[str, list[Any]] = {"off": [], "redis": []}
+        order = [("off", "redis") if k % 2 == 0 else ("redis", "off") for k in range(blocks)]
+        for k, pair in enumerate(order):
+            for name in pair:
+                print(f"  paired: block {k + 1}/{blocks} {name}", flush=True)
+                got[name].append(
+                    await open_loop(pools[name], targets[name], rate=cfg.rate,
+                                    duration=duration / blocks, seed=k)
+                )  # fmt: skip
+        for pool in pools.values():
+            pool.close()
+    lat = {n: np.concatenate([r.latency for r in rs]) for n, rs in got.items()}
+    diff = added(lat["off"], lat["redis"])
+    failed = {n: sum(int((~r.ok).sum()) for r in rs) for n, rs in got.items()}
+    return {
+        "requests_per_gateway": int(lat["off"].size),
+        "off_p50_ms": round(float(np.percentile(lat["off"], 50)) * 1000, 3),
+        "redis_p50_ms": round(float(np.percentile(lat["redis"], 50)) * 1000, 3),
+        "added_p50_us": round(diff["p50_ms"] * 1000, 1),
+        "added_p50_ci95_us": [round(x * 1000, 1) for x in diff["p50_ci95_ms"]],
+        "added_p99_us": round(diff["p99_ms"] * 1000, 1),
+        "failed": failed,
+        "duration_s_per_gateway": duration,
+        "engine_ms": engine_ms,
+    }
+
+
 def write_markdown(data: dict[str, Any], path: Path) -> None:
     c, m = data["config"], data["machine"]
     lines = [
@@ -360,6 +445,27 @@ def write_markdown(data: dict[str, Any], path: Path) -> None:
             f"| {kind} | {r['added_p50_us']} µs | {r['added_p99_us']} µs | "
             f"{ch['p50_us']} µs | {ch['p99_us']} µs | {r['background_load_cores']} cores |"
         )
+    if "paired" in data:
+        pr = data["paired"]
+        lo, hi = pr["added_p50_ci95_us"]
+        lines += [
+            "",
+            f"## End to end, paired: two gateway processes at {c['rate']:g} req/s",
+            "",
+            "Two `tollgate serve` processes run side by side before one stand-in engine "
+            f"({pr['engine_ms']:g} ms to first token), one with quotas off and one with "
+            "quotas in Redis (the key has all six limits and a team). Blocks alternate "
+            f"ABBA between them, {pr['duration_s_per_gateway']:g} s each in all, so both "
+            "see the same machine; this is the comparison to read for what Redis quotas "
+            "add through the whole gateway.",
+            "",
+            "| gateway, quotas off p50 | gateway, Redis quotas p50 | Redis quotas add p50 "
+            "(95% interval) | add p99 | requests each | failed |",
+            "|---|---|---|---|---|---|",
+            f"| {pr['off_p50_ms']} ms | {pr['redis_p50_ms']} ms | {pr['added_p50_us']} µs "
+            f"({lo} … {hi}) | {pr['added_p99_us']} µs | {pr['requests_per_gateway']} | "
+            f"{pr['failed']} |",
+        ]
     if "end_to_end" in data:
         e2e = data["end_to_end"]
         lines += [
@@ -427,6 +533,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     data = uvloop.run(run(cfg))
     if not args.no_e2e:
+        data["paired"] = paired(cfg, args.quick)
+        data["target_met"]["paired_end_to_end_p50"] = data["paired"]["added_p50_us"] <= 500
         data["end_to_end"] = end_to_end(cfg, args.quick)
         e2e_redis = data["end_to_end"]["rows"].get("unary_quotas_redis")
         if e2e_redis is not None:
