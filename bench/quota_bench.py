@@ -335,10 +335,10 @@ async def _paired(cfg: Config, quick: bool) -> dict[str, Any]:
     import numpy as np
 
     from bench.loadgen import ConnectionPool, Target, open_loop
-    from bench.rig import KEY_LIMITS
+    from bench.rig import ENGINE_MODEL, gateway_config
     from bench.summary import added
     from engines.standin import StandinProcess
-    from tests.support import CLIENT_KEY, EngineSpec, GatewayProcess, free_port, gateway_config
+    from tests.support import CLIENT_KEY, GatewayProcess
     from tests.support import write_config as write_gateway_config
 
     duration, blocks = (4.0, 4) if quick else (40.0, 8)
@@ -348,7 +348,7 @@ async def _paired(cfg: Config, quick: bool) -> dict[str, Any]:
     )
     with contextlib.ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="tollgate-qb-")))
-        engine = StandinProcess(model="qb-small", ttft_ms=engine_ms, tpot_ms=1, max_num_seqs=512)
+        engine = StandinProcess(model=ENGINE_MODEL, ttft_ms=engine_ms, tpot_ms=1, max_num_seqs=512)
         engine.start()
         stack.callback(engine.stop)
         url = stack.enter_context(redis_server(cfg.redis_url))
@@ -357,20 +357,12 @@ async def _paired(cfg: Config, quick: bool) -> dict[str, Any]:
             ("off", {"enabled": False}),
             ("redis", {"backend": "redis", "redis_url": url}),
         ):
-            port = free_port()
             wd = tmp / name
             wd.mkdir()
             gcfg = gateway_config(
-                wd,
-                [EngineSpec("small-0", engine.base_url, "small", "qb-small")],
-                port=port,
-                server={"access_log": False, "log_level": "WARNING"},
-                auth={"key_store": False},
-                ledger={"enabled": False},
-                quotas=quotas,
-                routing={"breaker": {"health_interval_s": 5.0, "metrics_interval_s": 1.0}},
+                wd, engine.base_url, {"quotas": quotas, "server": {"log_level": "WARNING"}}
             )
-            gcfg["auth"]["static_keys"][0]["limits"] = KEY_LIMITS
+            port = gcfg["server"]["port"]
             gw = GatewayProcess(write_gateway_config(wd, gcfg), port)
             stack.enter_context(gw)
             auth = (("Authorization", f"Bearer {CLIENT_KEY}"),)

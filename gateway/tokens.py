@@ -43,6 +43,8 @@ class ChatOverhead:
     per_message: int = PER_MESSAGE_OVERHEAD
 
 
+_DEFAULT_OVERHEAD = ChatOverhead()
+
 #: Probe conversations for :func:`measure_overhead` (texts tokenize the same anywhere).
 _ONE = [{"role": "user", "content": "hello"}]
 _THREE = [*_ONE, {"role": "assistant", "content": "hi there"}, {"role": "user", "content": "bye"}]
@@ -148,7 +150,7 @@ class TokenCounter:
                 self._overhead[model] = measured
 
     def chat_overhead(self, model: str) -> ChatOverhead:
-        return self._overhead.get(model, ChatOverhead())
+        return self._overhead.get(model, _DEFAULT_OVERHEAD)
 
     def exact_for(self, model: str) -> bool:
         return model in self._by_model
@@ -159,7 +161,7 @@ class TokenCounter:
     def count_prompt(self, model: str, req: ParsedRequest) -> int:
         raw = req.raw
         if req.endpoint is Endpoint.CHAT:
-            overhead = self._overhead.get(model) or ChatOverhead()
+            overhead = self.chat_overhead(model)
             total = overhead.per_prompt
             for msg in raw.get("messages", ()):
                 total += overhead.per_message + self.count_text(model, _message_text(msg))

@@ -36,21 +36,29 @@ def real_engines() -> Iterator[dict[str, str]]:
         launcher.close()
 
 
+def real_specs(real_engines: dict[str, str]) -> list[EngineSpec]:
+    """The two local engines as the gateway sees them, with the model's tokenizer."""
+    tokenizer = str(CacheLayout.from_env().models / TOKENIZER)
+    extra = {"tokenizer": tokenizer, "max_model_len": 2048, "max_concurrency": 8}
+    return [
+        EngineSpec("small-0", real_engines["small"], "small", "smollm2-135m-awq", extra),
+        EngineSpec("large-0", real_engines["large"], "large", "smollm2-135m", extra),
+    ]
+
+
+#: Generous timeouts: two engines share two CPU cores.
+REAL_TIMEOUTS = {"connect_s": 2, "ttft_s": 120, "idle_s": 60, "total_s": 300}
+
+
 @pytest.fixture(scope="session")
 def real_running(
     real_engines: dict[str, str], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[RunningGateway]:
     tmp: Path = tmp_path_factory.mktemp("real")
-    tokenizer = str(CacheLayout.from_env().models / TOKENIZER)
-    extra = {"tokenizer": tokenizer, "max_model_len": 2048, "max_concurrency": 8}
-    specs = [
-        EngineSpec("small-0", real_engines["small"], "small", "smollm2-135m-awq", extra),
-        EngineSpec("large-0", real_engines["large"], "large", "smollm2-135m", extra),
-    ]
     cfg = gateway_config(
         tmp,
-        specs,
-        timeouts={"connect_s": 2, "ttft_s": 120, "idle_s": 60, "total_s": 300},
+        real_specs(real_engines),
+        timeouts=REAL_TIMEOUTS,
         server={"max_tokens_cap": 2048},
     )
     with serve_in_thread(Settings(**cfg)) as gw:

@@ -11,13 +11,12 @@ import openai
 import orjson
 import pytest
 
-from engines.cache import CacheLayout
 from gateway.config import Settings
 from gateway.ledger.store import LedgerStore
 from gateway.protocol import Endpoint, parse_request
 from tests.quotas.redis_server import RedisServer
-from tests.real.conftest import TOKENIZER
-from tests.support import CLIENT_KEY, EngineSpec, RunningGateway, gateway_config, serve_in_thread
+from tests.real.conftest import REAL_TIMEOUTS, real_specs
+from tests.support import CLIENT_KEY, RunningGateway, gateway_config, serve_in_thread
 
 pytestmark = [pytest.mark.real_engine, pytest.mark.redis]
 
@@ -42,17 +41,11 @@ def gateway(
     real_engines: dict[str, str], redis: RedisServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[RunningGateway]:
     tmp: Path = tmp_path_factory.mktemp("real-money")
-    tokenizer = str(CacheLayout.from_env().models / TOKENIZER)
-    extra = {"tokenizer": tokenizer, "max_model_len": 2048, "max_concurrency": 8}
-    specs = [
-        EngineSpec("small-0", real_engines["small"], "small", "smollm2-135m-awq", extra),
-        EngineSpec("large-0", real_engines["large"], "large", "smollm2-135m", extra),
-    ]
     cfg = gateway_config(
         tmp,
-        specs,
+        real_specs(real_engines),
         prices=PRICES,
-        timeouts={"connect_s": 2, "ttft_s": 120, "idle_s": 60, "total_s": 300},
+        timeouts=REAL_TIMEOUTS,
         quotas={"backend": "redis", "redis_url": redis.url},
         ledger={"flush_interval_s": 0.1},
         # No fallback to large: a reservation is priced at the small tier alone.
