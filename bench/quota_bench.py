@@ -23,6 +23,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import shutil
 import statistics
 import tempfile
@@ -95,18 +96,32 @@ def pcts(values_s: list[float]) -> dict[str, float]:
     }
 
 
+def _pin(pid: int, cpus: set[int] | None) -> None:
+    if cpus is not None:
+        machine.pin(pid, cpus)
+
+
+@dataclass(frozen=True)
+class RedisUnderTest:
+    url: str
+    #: The server's process when this bench started it (None: a given ``--redis-url``).
+    pid: int | None
+
+
 @contextlib.contextmanager
-def redis_server(url: str | None) -> Iterator[str]:
+def redis_server(url: str | None, cpus: set[int] | None = None) -> Iterator[RedisUnderTest]:
     """The given Redis, or a throwaway one (loopback, AOF fsync every second)."""
     if url is not None:
-        yield url
+        yield RedisUnderTest(url, None)
         return
     if shutil.which("redis-server") is None:
         raise SystemExit("redis-server is not installed; pass --redis-url")
     with tempfile.TemporaryDirectory() as tmp:
         server = RedisServer(Path(tmp), appendfsync="everysec").start()
+        assert server.proc is not None
+        _pin(server.proc.pid, cpus)
         try:
-            yield server.url
+            yield RedisUnderTest(server.url, server.proc.pid)
         finally:
             server.stop()
 
@@ -250,7 +265,8 @@ async def on_vs_off(kind: str, url: str, cfg: Config) -> dict[str, Any]:
 
 
 async def run(cfg: Config) -> dict[str, Any]:
-    with redis_server(cfg.redis_url) as url:
+    with redis_server(cfg.redis_url) as redis:
+        url = redis.url
         kinds = ("local", "redis", "ping-link", "ping-redis-py")
         seq = {}
         for k in kinds:
@@ -324,14 +340,32 @@ def end_to_end(cfg: Config, quick: bool) -> dict[str, Any]:
     return {"rows": rows, "details": str(out_dir.relative_to(RESULTS) / "overhead.md")}
 
 
-def paired(cfg: Config, quick: bool) -> dict[str, Any]:
+#: Where the paired comparison's processes run (CPU sets; None: the kernel decides).
+#: "shared": both gateways and Redis on CPU 0, engine and load generator on CPU 1, so a
+#: Redis round trip never wakes the other vCPU. "split": Redis on CPU 1 with the engine,
+#: so every round trip does. "free": nothing pinned.
+PLACEMENTS: dict[str, dict[str, set[int] | None]] = {
+    "free": {"gateways": None, "redis": None, "engine": None, "loadgen": None},
+    "shared": {"gateways": {0}, "redis": {0}, "engine": {1}, "loadgen": {1}},
+    "split": {"gateways": {0}, "redis": {1}, "engine": {1}, "loadgen": {1}},
+}
+
+
+def paired(cfg: Config, quick: bool, placement: str = "free") -> dict[str, Any]:
     """Two gateway processes side by side, quotas off and in Redis, before one stand-in
     engine; blocks alternate ABBA between them at ``cfg.rate``, so both see the same
     machine. What Redis quotas add = Redis gateway - off gateway, at p50 and p99."""
-    return uvloop.run(_paired(cfg, quick))
+    if placement != "free" and not machine.can_pin():
+        raise SystemExit(f"placement {placement!r} needs two CPUs and sched_setaffinity")
+    before = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    try:
+        return uvloop.run(_paired(cfg, quick, PLACEMENTS[placement])) | {"placement": placement}
+    finally:
+        if before is not None:
+            os.sched_setaffinity(0, before)
 
 
-async def _paired(cfg: Config, quick: bool) -> dict[str, Any]:
+async def _paired(cfg: Config, quick: bool, cpus: dict[str, set[int] | None]) -> dict[str, Any]:
     import numpy as np
 
     from bench.loadgen import ConnectionPool, Target, open_loop
@@ -351,8 +385,12 @@ async def _paired(cfg: Config, quick: bool) -> dict[str, Any]:
         engine = StandinProcess(model=ENGINE_MODEL, ttft_ms=engine_ms, tpot_ms=1, max_num_seqs=512)
         engine.start()
         stack.callback(engine.stop)
-        url = stack.enter_context(redis_server(cfg.redis_url))
+        _pin(engine.pid, cpus["engine"])
+        _pin(os.getpid(), cpus["loadgen"])
+        redis = stack.enter_context(redis_server(cfg.redis_url, cpus["redis"]))
+        url = redis.url
         targets: dict[str, Target] = {}
+        pids: dict[str, int] = {}
         for name, quotas in (
             ("off", {"enabled": False}),
             ("redis", {"backend": "redis", "redis_url": url}),
@@ -365,6 +403,9 @@ async def _paired(cfg: Config, quick: bool) -> dict[str, Any]:
             port = gcfg["server"]["port"]
             gw = GatewayProcess(write_gateway_config(wd, gcfg), port)
             stack.enter_context(gw)
+            assert gw.proc is not None
+            pids[name] = gw.proc.pid
+            _pin(gw.proc.pid, cpus["gateways"])
             auth = (("Authorization", f"Bearer {CLIENT_KEY}"),)
             targets[name] = Target(name, "127.0.0.1", port, "/v1/chat/completions", body,
                                    False, auth)  # fmt: skip
@@ -375,19 +416,33 @@ async def _paired(cfg: Config, quick: bool) -> dict[str, Any]:
             await open_loop(pools[name], targets[name], rate=cfg.rate, duration=2.0)
         got: dict[str, list[Any]] = {"off": [], "redis": []}
         order = [("off", "redis") if k % 2 == 0 else ("redis", "off") for k in range(blocks)]
+        cpu = {"off": 0.0, "redis": 0.0, "redis-server": 0.0}
         for k, pair in enumerate(order):
             for name in pair:
                 print(f"  paired: block {k + 1}/{blocks} {name}", flush=True)
+                watched = {name: pids[name]}
+                if name == "redis" and redis.pid is not None:
+                    watched["redis-server"] = redis.pid
+                before = {n: machine.cpu_seconds(p) for n, p in watched.items()}
                 got[name].append(
                     await open_loop(pools[name], targets[name], rate=cfg.rate,
                                     duration=duration / blocks, seed=k)
                 )  # fmt: skip
+                for n, p in watched.items():
+                    cpu[n] += machine.cpu_seconds(p) - before[n]
         for pool in pools.values():
             pool.close()
     lat = {n: np.concatenate([r.latency for r in rs]) for n, rs in got.items()}
     diff = added(lat["off"], lat["redis"])
     failed = {n: sum(int((~r.ok).sum()) for r in rs) for n, rs in got.items()}
+    blocks_us = {
+        n: [round(float(np.percentile(r.latency, 50)) * 1e6) for r in rs] for n, rs in got.items()
+    }
+    served = int(lat["off"].size)
     return {
+        "block_p50_us": blocks_us,
+        # CPU per request while a gateway served its blocks (10 ms ticks over ~12k requests).
+        "cpu_us_per_request": {k: round(v / served * 1e6, 1) for k, v in cpu.items()},
         "requests_per_gateway": int(lat["off"].size),
         "off_p50_ms": round(float(np.percentile(lat["off"], 50)) * 1000, 3),
         "redis_p50_ms": round(float(np.percentile(lat["redis"], 50)) * 1000, 3),

@@ -47,9 +47,7 @@ class Rig:
 
     @property
     def standin_pid(self) -> int:
-        proc = self.standin._proc
-        assert proc is not None
-        return int(proc.pid)
+        return int(self.standin.pid)
 
     @property
     def gateway_pid(self) -> int:

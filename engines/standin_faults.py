@@ -346,6 +346,13 @@ class StandinProcess:
         self._log: IO[bytes] | None = None
 
     @property
+    def pid(self) -> int:
+        """The running stand-in's process id."""
+        if self._proc is None:
+            raise RuntimeError("The stand-in is not running.")
+        return int(self._proc.pid)
+
+    @property
     def base_url(self) -> str:
         """The root URL (no `/v1`): an OpenAI client wants `base_url + "/v1"`."""
         return f"http://{self.host}:{self.port}"

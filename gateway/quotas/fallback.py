@@ -10,11 +10,14 @@
   budgets (``on_store_error_budgets``) fail closed by default: a key or team with a
   budget gets 503 + Retry-After. Rate limits (``on_store_error_rates``) fall back by
   default to an in-process limiter sized ``limit / quotas.replicas``.
-* Settlements go through one bounded queue and off the request path. A reservation
-  takes whatever is queued along in its own round trip, ahead of itself, so a slot
-  freed by a finished request is free for the next one; what no reservation picks up
-  within ``SETTLE_LINGER_S`` a background task sends in batches. While Redis is out,
-  they wait in the queue and are replayed when it is back. Replays cannot double-count:
+* Settlements are written to Redis at once, before the client hears the answer, and
+  their replies are not awaited: a slot freed by a finished request is free for the
+  client's next request on any replica, and the answer waits for no round trip. When
+  that cannot be done or fails (no connection, Redis out, scripts lost), they go to
+  one bounded queue: a reservation takes what is queued along in its own round trip,
+  ahead of itself, and what none picks up within ``SETTLE_LINGER_S`` a background
+  task sends in batches. While Redis is out, they wait in the queue and are replayed
+  when it is back. Replays cannot double-count:
   a held settlement releases a hold that exists at most once, and a settlement of a
   reservation made without Redis is guarded by a marker. A reservation whose outcome
   is unknown (the call failed after the script may have run) is released the same way,
@@ -40,6 +43,7 @@ from gateway.config import QuotaSettings
 from gateway.errors import GatewayError, QuotaStoreUnavailable, with_retry_after
 from gateway.quotas.base import Demand, RateSnapshot, Reservation
 from gateway.quotas.limits import scopes_of
+from gateway.quotas.link import ReplyError
 from gateway.quotas.local import LocalQuotaStore
 from gateway.quotas.redis import RedisHold, RedisQuotaStore, SettleOp, new_hold_id
 from gateway.quotas.spend import LedgerSpend, SpendSource
@@ -48,10 +52,8 @@ log = logging.getLogger(__name__)
 
 #: Queued settlements a reservation carries along in its round trip, at most.
 INLINE_SETTLE_MAX = 64
-#: How long settlements wait for a reservation to carry them before going on their own.
-#: Under load most ride along (no round trip of their own: on a host where a socket
-#: write costs ~70 us that halves the syscalls per request); when idle they leave at once
-#: after this. It bounds how late another replica sees a freed slot or the actual cost.
+#: How long queued settlements (only those that could not be written at once) wait for a
+#: reservation to carry them before a background task sends them.
 SETTLE_LINGER_S = 0.005
 #: Settlements per background round trip.
 BATCH_MAX = 256
@@ -192,6 +194,27 @@ class FailoverQuotaStore:
             op = self.primary.settle_op(token.hold_id, token.scope_ids, actual, held=False)
         else:
             return
+        if self._pending or self.breaker.is_open or not self._send_now(op):
+            self._enqueue(op)  # behind the ones already waiting, or until Redis is back
+            self._kick()
+
+    def _send_now(self, op: SettleOp) -> bool:
+        """Write one settlement at once; its reply is checked when it comes."""
+        futs = self.primary.settle_now([op])
+        if futs is None:
+            return False
+        futs[-1].add_done_callback(lambda _: self._settled_now(op, futs[0]))
+        return True
+
+    def _settled_now(self, op: SettleOp, fut: asyncio.Future[Any]) -> None:
+        if (
+            not fut.cancelled()
+            and fut.exception() is None
+            and not isinstance(fut.result(), ReplyError)
+        ):
+            return
+        # Lost connection, an error reply or lost scripts: the queue's path retries it
+        # (loading the scripts again if need be) and counts failures for the breaker.
         self._enqueue(op)
         self._kick()
 

@@ -119,14 +119,19 @@ class ScopeState:
     held: int = 0
 
     def used(self, kind: str) -> int:
-        return {
-            "rpm": self.requests,
-            "tpm": self.tokens,
-            "concurrency": self.in_flight,
-            "budget_daily": self.spend_daily,
-            "budget_monthly": self.spend_monthly,
-            "budget_total": self.spend_total,
-        }[kind]
+        value: int = getattr(self, _USED[kind])
+        return value
+
+
+#: The ScopeState counter each limit kind is checked against.
+_USED = {
+    "rpm": "requests",
+    "tpm": "tokens",
+    "concurrency": "in_flight",
+    "budget_daily": "spend_daily",
+    "budget_monthly": "spend_monthly",
+    "budget_total": "spend_total",
+}
 
 
 @functools.lru_cache(maxsize=4)
@@ -307,11 +312,14 @@ def budget_remaining(scopes: tuple[Scope, ...], states: list[ScopeState]) -> int
     """Smallest remaining budget over the scopes and periods, or None when unlimited."""
     best: int | None = None
     for scope, state in zip(scopes, states, strict=True):
-        for kind in BUDGET_KINDS:
-            limit = scope.limit(kind)
+        for limit, used in (
+            (scope.budget_daily, state.spend_daily),
+            (scope.budget_monthly, state.spend_monthly),
+            (scope.budget_total, state.spend_total),
+        ):
             if limit is not None:
-                left = max(0, limit - state.used(kind))
-                best = left if best is None else min(best, left)
+                left = max(0, limit - used)
+                best = left if best is None or left < best else best
     return best
 
 

@@ -185,7 +185,28 @@ class RedisLink:
         if not commands:
             return []
         futs = self._send(commands, await self._ready())
-        return list(await asyncio.gather(*futs))
+        # Replies come in order and a failure fails every waiter: once the last call is
+        # answered, all are (cheaper than gather, which costs a callback per future).
+        try:
+            await futs[-1]
+        except BaseException:
+            for fut in futs:
+                if fut.done() and not fut.cancelled():
+                    fut.exception()  # retrieved: no "never retrieved" warning
+            raise
+        return [fut.result() for fut in futs]
+
+    def send_now(self, commands: Sequence[Sequence[Any]]) -> list[asyncio.Future[Any]] | None:
+        """Write commands at once, with whatever this loop turn queued before them, and
+        return their futures (replies in order, error replies in place); None when not
+        connected. For a caller that must have the bytes on their way before it goes on
+        (a settlement, before the client hears the answer), not wait for the reply."""
+        proto = self._proto
+        if proto is None or proto.transport is None or not commands:
+            return None
+        futs = self._send(commands, proto)
+        proto.flush()
+        return futs
 
     async def aclose(self) -> None:
         self._closed = True

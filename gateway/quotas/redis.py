@@ -38,6 +38,7 @@ boundary, into :class:`QuotaStoreUnavailable`; the failure policy lives in
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import secrets
 import time
@@ -74,6 +75,27 @@ class RedisHold:
 
     hold_id: str
     scope_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """A principal's scopes and their part of reserve.lua's arguments, built once."""
+
+    scopes: tuple[Scope, ...]
+    ids: tuple[str, ...]
+    args: tuple[str, ...]
+
+    @classmethod
+    def of(cls, principal: Principal) -> _Plan:
+        scopes = scopes_of(principal)
+        args: list[str] = []
+        for s in scopes:
+            args += [s.id, " ".join(str(_lim(s.limit(k))) for k in _ARG_ORDER)]
+        return cls(scopes, tuple(s.id for s in scopes), tuple(args))
+
+
+#: Plans kept per store (one per principal object the authenticator caches).
+_PLANS_MAX = 4096
 
 
 def new_hold_id(request_id: str) -> str:
@@ -137,6 +159,9 @@ class RedisQuotaStore:
         self._sha = {
             name: hashlib.sha1(text.encode()).hexdigest() for name, text in self._scripts.items()
         }
+        #: id(principal) -> (principal, plan). The authenticator hands out the same
+        #: Principal while its key is cached; holding it keeps the id from being reused.
+        self._plans: dict[int, tuple[Principal, _Plan]] = {}
 
     @property
     def link(self) -> RedisLink:
@@ -168,7 +193,8 @@ class RedisQuotaStore:
         ``settle_first`` go in the same round trip, ahead of the reservation, so a slot
         they free is free for it (Redis runs one connection's commands in order).
         """
-        scopes = scopes_of(principal)
+        plan = self._plan(principal)
+        scopes = plan.scopes
         err = too_large(scopes, demand)
         if err is not None:
             raise err
@@ -183,9 +209,8 @@ class RedisQuotaStore:
             w.month,
             demand.tokens,
             demand.cost_nusd,
+            *plan.args,
         ]
-        for s in scopes:
-            args += [s.id, " ".join(str(_lim(s.limit(k))) for k in _ARG_ORDER)]
         calls = [("settle", self._settle_args(op)) for op in settle_first]
         raw = (await self._eval([*calls, ("reserve", args)]))[-1]
         reply = [int(x) for x in raw.split()]
@@ -199,11 +224,21 @@ class RedisQuotaStore:
                 demand=demand,
                 snapshot=snapshot(scopes, states, w),
                 budget_remaining_nusd=budget_remaining(scopes, states),
-                store_token=RedisHold(hold_id, tuple(s.id for s in scopes)),
+                store_token=RedisHold(hold_id, plan.ids),
             )
         index, kind = reply[1] - 1, KINDS[reply[2] - 1]
         states = _states(reply[3:], len(scopes))
         raise refusal(scopes[index], kind, states[index], demand, w, snapshot(scopes, states, w))
+
+    def _plan(self, principal: Principal) -> _Plan:
+        hit = self._plans.get(id(principal))
+        if hit is not None and hit[0] is principal:
+            return hit[1]
+        plan = _Plan.of(principal)
+        if len(self._plans) >= _PLANS_MAX:
+            self._plans.clear()
+        self._plans[id(principal)] = (principal, plan)
+        return plan
 
     # ------------------------------------------------------------------ settle
 
@@ -226,6 +261,14 @@ class RedisQuotaStore:
         """Run settlements in one round trip. Idempotent by hold id: safe to replay."""
         if ops:
             await self._eval([("settle", self._settle_args(op)) for op in ops])
+
+    def settle_now(self, ops: Sequence[SettleOp]) -> list[asyncio.Future[Any]] | None:
+        """Write the settlements at once and return their replies' futures, or None when
+        the link is not connected. The caller checks the replies (error replies come in
+        place, a NOSCRIPT among them) and falls back to :meth:`settle_many`."""
+        return self._link.send_now(
+            [("EVALSHA", self._sha["settle"], 0, *self._settle_args(op)) for op in ops]
+        )
 
     def _settle_args(self, op: SettleOp) -> list[Any]:
         return [

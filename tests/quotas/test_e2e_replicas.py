@@ -90,6 +90,7 @@ def make_keys(settings: Settings) -> dict[str, str]:
         return {
             "rpm": make("rpm", rpm=RPM).key,
             "budget": make("budget", budget_daily_usd="100").key,
+            "one_at_a_time": make("one_at_a_time", concurrency=1).key,
         }
     finally:
         engine.dispose()
@@ -124,6 +125,30 @@ def test_rpm_is_exact_across_gateway_processes(cluster: Cluster) -> None:
         int(r.headers["x-ratelimit-remaining-requests"]) for r in responses if r.status_code == 200
     )
     assert remaining == list(range(RPM))  # every admission saw the shared counter
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["unary", "stream"])
+def test_sequential_client_with_concurrency_one_is_never_refused(
+    cluster: Cluster, stream: bool
+) -> None:
+    """A slot freed on one replica is free on the next at once: a client that waits for
+    each answer never meets its own finished request (settlements do not linger)."""
+    urls = [g.base_url for g in cluster.gateways]
+
+    async def one_by_one() -> list[int]:
+        statuses = []
+        async with httpx.AsyncClient(timeout=30) as client:
+            for i in range(45):
+                r = await client.post(
+                    urls[i % len(urls)] + "/v1/chat/completions",
+                    json={"model": "small", "messages": MSGS, "max_tokens": 2, "stream": stream},
+                    headers={"authorization": f"Bearer {cluster.keys['one_at_a_time']}"},
+                )
+                assert r.status_code != 200 or not stream or r.text.endswith("[DONE]\n\n")
+                statuses.append(r.status_code)
+        return statuses
+
+    assert Counter(asyncio.run(one_by_one())) == {200: 45}
 
 
 def test_redis_outage_then_recovery(cluster: Cluster) -> None:

@@ -257,6 +257,13 @@ async def test_a_hung_redis_costs_one_timeout_then_nothing(
     assert rest < 0.005  # the breaker is open: no call to Redis at all
 
 
+async def wait_for(cond: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.01)
+
+
 async def test_settlement_queue_is_bounded(server: RedisServer, failover: Factory) -> None:
     store = failover(pending_settles_max=2)
     p = principal("k")
@@ -264,6 +271,9 @@ async def test_settlement_queue_is_bounded(server: RedisServer, failover: Factor
     server.kill()
     for res in held:
         await store.settle(res, Demand(1, 1))
+    # Written at once to a connection not yet seen closed: they come back to the queue
+    # when the loss is noticed.
+    await wait_for(lambda: store.status()["dropped_settlements"] > 0)
     status = store.status()
     assert status["pending_settlements"] == 2 and status["dropped_settlements"] == 1
 
