@@ -9,7 +9,8 @@ template (role markers, separators, and for some models a default system prompt)
 request path counts the message texts only, plus an overhead per prompt and per message.
 When the model directory holds its chat template, the overhead is measured once at
 start-up by rendering probe conversations (with jinja2, as the engine does), so the
-reservation stays a worst case: SmolLM2's template alone adds a 20-token system prompt.
+reservation stays a worst case: SmolLM2's template alone adds a 20-token system prompt,
+unless the conversation brings its own (measured too, so that case is not over-reserved).
 """
 
 from __future__ import annotations
@@ -41,6 +42,17 @@ class ChatOverhead:
 
     per_prompt: int = PER_PROMPT_OVERHEAD
     per_message: int = PER_MESSAGE_OVERHEAD
+    #: Once per prompt that opens with its own system message (templates that add a
+    #: default system prompt leave it out then); None: as ``per_prompt``.
+    per_prompt_system: int | None = None
+
+    def prompt(self, messages: Any) -> int:
+        """The once-per-prompt overhead for these messages."""
+        if self.per_prompt_system is not None and messages:
+            first = messages[0]
+            if isinstance(first, dict) and first.get("role") == "system":
+                return self.per_prompt_system
+        return self.per_prompt
 
 
 _DEFAULT_OVERHEAD = ChatOverhead()
@@ -48,6 +60,7 @@ _DEFAULT_OVERHEAD = ChatOverhead()
 #: Probe conversations for :func:`measure_overhead` (texts tokenize the same anywhere).
 _ONE = [{"role": "user", "content": "hello"}]
 _THREE = [*_ONE, {"role": "assistant", "content": "hi there"}, {"role": "user", "content": "bye"}]
+_SYSTEM = [{"role": "system", "content": "be brief"}, *_ONE]
 
 
 def _chat_template(directory: Path) -> tuple[str, dict[str, Any]] | None:
@@ -89,7 +102,12 @@ def measure_overhead(directory: Path, enc: _Encoder) -> ChatOverhead | None:
     one, three = added(_ONE), added(_THREE)
     per_message = max(PER_MESSAGE_OVERHEAD, math.ceil((three - one) / 2) + 1)
     per_prompt = max(PER_PROMPT_OVERHEAD, one - per_message + 2)
-    return ChatOverhead(per_prompt, per_message)
+    try:
+        system = added(_SYSTEM)
+    except Exception:  # a template that refuses system messages: one figure for all
+        return ChatOverhead(per_prompt, per_message)
+    per_prompt_system = max(PER_PROMPT_OVERHEAD, system - 2 * per_message + 2)
+    return ChatOverhead(per_prompt, per_message, min(per_prompt, per_prompt_system))
 
 
 class _HFEncoder:
@@ -162,8 +180,9 @@ class TokenCounter:
         raw = req.raw
         if req.endpoint is Endpoint.CHAT:
             overhead = self.chat_overhead(model)
-            total = overhead.per_prompt
-            for msg in raw.get("messages", ()):
+            messages = raw.get("messages", ())
+            total = overhead.prompt(messages)
+            for msg in messages:
                 total += overhead.per_message + self.count_text(model, _message_text(msg))
             tools = raw.get("tools")
             if tools:

@@ -72,8 +72,10 @@ def test_the_estimate_covers_what_the_template_adds(tmp_path: Path, separate_fil
         estimate = counter.count_prompt("m", chat(messages))  # type: ignore[arg-type]
         truth = exact(tmp_path, messages)
         assert estimate >= truth, (messages, estimate, truth)  # a worst case, always
-        if messages[0]["role"] != "system":  # and close when the template adds its prompt
-            assert estimate <= truth + 2 + 2 * len(messages), (messages, estimate, truth)
+        # and close, with or without the template's default system prompt
+        assert estimate <= truth + 2 + 2 * len(messages), (messages, estimate, truth)
+    assert overhead.per_prompt_system is not None
+    assert overhead.per_prompt - overhead.per_prompt_system >= 9  # its 9-word prompt
 
 
 def test_defaults_without_a_template_or_with_one_that_fails(tmp_path: Path) -> None:
@@ -81,6 +83,7 @@ def test_defaults_without_a_template_or_with_one_that_fails(tmp_path: Path) -> N
     (tmp_path / "b").mkdir()
     plain = TokenCounter({"m": str(model_dir(tmp_path / "a", None))})
     assert plain.chat_overhead("m") == ChatOverhead(PER_PROMPT_OVERHEAD, PER_MESSAGE_OVERHEAD)
+    assert plain.chat_overhead("m").per_prompt_system is None
     broken = "{{ raise_exception('this template needs a system message') }}"
     failing = TokenCounter({"m": str(model_dir(tmp_path / "b", broken))})
     assert failing.chat_overhead("m") == ChatOverhead()

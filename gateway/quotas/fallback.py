@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import datetime as dt
 import logging
 import time
@@ -43,7 +44,7 @@ from gateway.config import QuotaSettings
 from gateway.errors import GatewayError, QuotaStoreUnavailable, with_retry_after
 from gateway.quotas.base import Demand, RateSnapshot, Reservation
 from gateway.quotas.limits import scopes_of
-from gateway.quotas.link import ReplyError
+from gateway.quotas.link import LinkError, ReplyError
 from gateway.quotas.local import LocalQuotaStore
 from gateway.quotas.redis import RedisHold, RedisQuotaStore, SettleOp, new_hold_id
 from gateway.quotas.spend import LedgerSpend, SpendSource
@@ -245,6 +246,12 @@ class FailoverQuotaStore:
         task, self._drain_task = self._drain_task, None
         if task is not None:
             await asyncio.gather(task, return_exceptions=True)
+        if self.primary.link.connected and not self.breaker.is_open:
+            # Settlements written at once may still wait for their replies (a failed one
+            # comes back to the queue): a PING behind them is answered last.
+            with contextlib.suppress(LinkError, TimeoutError):
+                async with asyncio.timeout(CLOSE_FLUSH_S):
+                    await self.primary.link.call("PING")
         if self._pending and not self.breaker.is_open:
             try:
                 async with asyncio.timeout(CLOSE_FLUSH_S):

@@ -162,7 +162,7 @@ def test_admission_never_counts_fewer_prompt_tokens_than_the_engine(
     gateway: RunningGateway, messages: list[dict[str, str]]
 ) -> None:
     """The reservation's prompt count is a worst case of what vLLM bills, chat template
-    included (SmolLM2's adds a default system prompt), and close to it."""
+    included (SmolLM2's adds a default system prompt unless there is one), and close."""
     client = openai.OpenAI(base_url=gateway.v1, api_key=CLIENT_KEY, max_retries=0, timeout=120)
     resp = client.chat.completions.create(model="small", messages=messages, max_tokens=1)  # type: ignore[arg-type]
     assert resp.usage is not None
@@ -171,5 +171,6 @@ def test_admission_never_counts_fewer_prompt_tokens_than_the_engine(
     estimate = gateway.services.pipeline.tokens.count_prompt("smollm2-135m-awq", request)
     billed = resp.usage.prompt_tokens
     assert billed <= estimate, (estimate, billed)
-    slack = 30 if messages[0]["role"] == "system" else 3 + 2 * len(messages)
-    assert estimate <= billed + slack, (estimate, billed)
+    # Close too, whether the template adds its default system prompt or the client
+    # brought one (both overheads are measured from SmolLM2's template at start-up).
+    assert estimate <= billed + 3 + 2 * len(messages), (estimate, billed)
