@@ -591,12 +591,12 @@ def plot(data: dict[str, Any], path: Path) -> None:
 
     bars: list[tuple[str, float, tuple[float, float] | None]] = []
     paced = data["paced"]["redis"]
-    bars.append(("check itself,\nunder load", paced["check_under_load"]["p50_us"], None))
+    bars.append(("check\nunder load", paced["check_under_load"]["p50_us"], None))
     bars.append(("on vs off,\none process", paced["added_p50_us"], None))
     for i, r in enumerate(data.get("paired", {}).get("runs", ()), 1):
         lo, hi = r["added_p50_ci95_us"]
-        bars.append((f"whole gateway,\npaired run {i}", r["added_p50_us"], (lo, hi)))
-    fig, ax = plt.subplots(figsize=(8, 3.6))
+        bars.append((f"gateway\nrun {i}", r["added_p50_us"], (lo, hi)))
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.0 + 0.9 * len(bars)), 3.6))
     xs = range(len(bars))
     values = [b[1] for b in bars]
     ax.bar(xs, values, color=["#4c72b0"] * 2 + ["#55a868"] * (len(bars) - 2))
@@ -605,12 +605,17 @@ def plot(data: dict[str, Any], path: Path) -> None:
             ax.errorbar(x, v, yerr=[[v - ci[0]], [ci[1] - v]], color="black", capsize=4)
         ax.text(x, (ci[1] if ci else v) + 12, f"{v:.0f}", ha="center", fontsize=8)
     ax.axhline(500, color="#c44e52", ls="--", lw=1)
+    if "paired" in data and len(bars) > 2:
+        median = data["paired"]["added_p50_us_median"]
+        ax.hlines(median, 1.6, len(bars) - 0.6, color="black", lw=1)
+        ax.text(1.6, median + 12, f"median {median:g}", fontsize=8)
     ax.text(len(bars) - 0.5, 510, "target 500 µs", color="#c44e52", ha="right", fontsize=8)
     ax.set_xticks(list(xs), [b[0] for b in bars], fontsize=8)
     ax.set_ylabel("µs added at p50")
     ax.set_ylim(0, max(600, max(values) * 1.15))
     ax.set_title(
-        f"Redis quotas (loopback) at {data['config']['rate']:g} req/s: what the check adds",
+        f"Redis quotas (loopback) at {data['config']['rate']:g} req/s: what the check adds\n"
+        "blue: in one process; green: whole gateway, paired runs (95% intervals)",
         fontsize=10,
     )
     fig.tight_layout()
