@@ -60,9 +60,7 @@ class SSEResponse(Response):
 
     ``events`` may raise :class:`GatewayError`: before the first frame it becomes an
     ordinary JSON error response; after it, an SSE error frame followed by ``[DONE]``.
-    ``on_finish`` always runs once: just before the last frame (``[DONE]``, or the error
-    frame) when the stream ends on its own, so that the request is settled before the
-    client hears that it ended; otherwise once the stream stopped for any reason.
+    ``on_finish`` always runs once, after the stream ended for any reason.
     """
 
     def __init__(
@@ -86,7 +84,6 @@ class SSEResponse(Response):
         self.outcome = outcome or StreamOutcome()
         self._lock = asyncio.Lock()
         self._last_send = 0.0
-        self._finishing: asyncio.Future[None] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         outcome = self.outcome
@@ -112,13 +109,7 @@ class SSEResponse(Response):
             pinger.cancel()
             with contextlib.suppress(BaseException):
                 await self._events.aclose()  # type: ignore[attr-defined]
-            await self._finish()
-
-    async def _finish(self) -> None:
-        """Run ``on_finish`` once (shielded: a disconnect cannot cut it short)."""
-        if self._finishing is None:
-            self._finishing = asyncio.ensure_future(self._on_finish(self.outcome))
-        await asyncio.shield(self._finishing)
+            await asyncio.shield(self._on_finish(outcome))
 
     async def _commit(self, send: Send, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         self.outcome.committed = True
@@ -137,7 +128,6 @@ class SSEResponse(Response):
                 outcome.frames_sent += 1
         except GatewayError as err:
             outcome.error = err
-            await self._finish()
             await self._send_error(send, err)
             return
         except (asyncio.CancelledError, OSError):
@@ -147,7 +137,6 @@ class SSEResponse(Response):
             outcome.error = internal
             await self._send_error(send, internal)
             raise
-        await self._finish()
         async with self._lock:
             if not outcome.committed:
                 await self._commit(send, 200, self._make_headers())
