@@ -201,10 +201,10 @@ class FailoverQuotaStore:
 
     def _send_now(self, op: SettleOp) -> bool:
         """Write one settlement at once; its reply is checked when it comes."""
-        futs = self.primary.settle_now([op])
-        if futs is None:
+        fut = self.primary.settle_now(op)
+        if fut is None:
             return False
-        futs[-1].add_done_callback(lambda _: self._settled_now(op, futs[0]))
+        fut.add_done_callback(lambda done: self._settled_now(op, done))
         return True
 
     def _settled_now(self, op: SettleOp, fut: asyncio.Future[Any]) -> None:

@@ -204,9 +204,7 @@ class RedisLink:
         proto = self._proto
         if proto is None or proto.transport is None or not commands:
             return None
-        futs = self._send(commands, proto)
-        proto.flush()
-        return futs
+        return self._send(commands, proto, at_once=True)
 
     async def aclose(self) -> None:
         self._closed = True
@@ -261,7 +259,11 @@ class RedisLink:
         if self._proto is proto:
             self._proto = None
 
-    def _send(self, commands: Sequence[Sequence[Any]], proto: _Protocol) -> list[Any]:
+    def _send(
+        self, commands: Sequence[Sequence[Any]], proto: _Protocol, *, at_once: bool = False
+    ) -> list[Any]:
+        """Queue commands and their futures; written at the end of this loop turn, or at
+        once with ``at_once`` (with whatever the turn queued before them)."""
         waiters = proto.waiters
         if len(waiters) + len(commands) > self._max_in_flight:
             raise LinkError("Too many Redis calls in flight.")
@@ -275,7 +277,9 @@ class RedisLink:
             fut = loop.create_future()
             waiters.append((fut, now))
             futs.append(fut)
-        if not proto.flush_armed:
+        if at_once:
+            proto.flush()
+        elif not proto.flush_armed:
             proto.flush_armed = True
             loop.call_soon(proto.flush)
         if self._watchdog is None:

@@ -262,13 +262,12 @@ class RedisQuotaStore:
         if ops:
             await self._eval([("settle", self._settle_args(op)) for op in ops])
 
-    def settle_now(self, ops: Sequence[SettleOp]) -> list[asyncio.Future[Any]] | None:
-        """Write the settlements at once and return their replies' futures, or None when
-        the link is not connected. The caller checks the replies (error replies come in
+    def settle_now(self, op: SettleOp) -> asyncio.Future[Any] | None:
+        """Write the settlement at once and return its reply's future, or None when the
+        link is not connected. The caller checks the reply (an error reply comes in
         place, a NOSCRIPT among them) and falls back to :meth:`settle_many`."""
-        return self._link.send_now(
-            [("EVALSHA", self._sha["settle"], 0, *self._settle_args(op)) for op in ops]
-        )
+        futs = self._link.send_now([("EVALSHA", self._sha["settle"], 0, *self._settle_args(op))])
+        return None if futs is None else futs[0]
 
     def _settle_args(self, op: SettleOp) -> list[Any]:
         return [
