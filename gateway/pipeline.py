@@ -3,7 +3,10 @@
 Each stage is one method with one job, testable without HTTP. The route handlers only call
 :meth:`Pipeline.handle`. Whatever happens after admission (success, engine error, client
 disconnect, cancellation), :meth:`Pipeline.finish` runs exactly once: it settles the quota
-reservation and writes the ledger record.
+reservation (:meth:`Pipeline.conclude`) and writes the ledger record. The settlement is
+written before the client hears that its request ended, so the next request, on any
+replica, already sees the slot free and the spend counted: a unary answer settles before
+it is sent, and a stream settles just before its last frame.
 """
 
 from __future__ import annotations
@@ -77,6 +80,7 @@ class RequestContext:
     http_status: int = 200
     error: GatewayError | None = None
     cost_nusd: int = 0
+    concluded: bool = False
     finished: bool = False
 
     @property
@@ -320,11 +324,20 @@ class Pipeline:
         )
 
     async def finish(self, ctx: RequestContext) -> None:
-        """Settle and record, exactly once, whatever happened."""
+        """Settle (if not done yet) and record, exactly once, whatever happened."""
         if ctx.finished:
             return
         ctx.finished = True
         self.active -= 1
+        await self.conclude(ctx)
+        self.record(ctx)
+        self._observe(ctx)
+
+    async def conclude(self, ctx: RequestContext) -> None:
+        """Decide the outcome, usage and cost, and settle the reservation; once."""
+        if ctx.concluded:
+            return
+        ctx.concluded = True
         if ctx.error is not None:
             ctx.http_status = ctx.error.status_code
             if ctx.status == "ok":
@@ -340,8 +353,6 @@ class Pipeline:
             await asyncio.shield(self.settle(ctx))
         except GatewayError as err:  # quota store down at settle: the TTL reclaims it
             log.warning("settle failed", extra={"request_id": ctx.request_id, "code": err.code})
-        self.record(ctx)
-        self._observe(ctx)
 
     # ------------------------------------------------------------------ responses
 
@@ -369,6 +380,12 @@ class Pipeline:
         def error_headers(err: GatewayError) -> list[tuple[bytes, bytes]]:
             return [(k.encode(), v.encode()) for k, v in self.error_headers(ctx, err).items()]
 
+        async def on_end(out: StreamOutcome) -> None:
+            # The stream ended on its own: settle before the client hears [DONE].
+            if out.error is not None and ctx.error is None:
+                ctx.error = out.error
+            await self.conclude(ctx)
+
         async def on_finish(out: StreamOutcome) -> None:
             if out.client_disconnected:
                 ctx.status = "client_disconnect"
@@ -382,6 +399,7 @@ class Pipeline:
             headers=headers,
             error_headers=error_headers,
             on_finish=on_finish,
+            on_end=on_end,
             keepalive_s=self._server.keepalive_seconds,
             outcome=outcome,
         )

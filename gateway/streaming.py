@@ -60,7 +60,11 @@ class SSEResponse(Response):
 
     ``events`` may raise :class:`GatewayError`: before the first frame it becomes an
     ordinary JSON error response; after it, an SSE error frame followed by ``[DONE]``.
-    ``on_finish`` always runs once, after the stream ended for any reason.
+    ``on_end`` runs when the stream ends on its own (the events ran out, or raised a
+    :class:`GatewayError`), just before the last frame (``[DONE]`` or the error) is sent:
+    whatever must be true before the client hears of the end (the quota settlement) goes
+    there, and should be quick. ``on_finish`` always runs once, after the stream ended for
+    any reason.
     """
 
     def __init__(
@@ -71,6 +75,7 @@ class SSEResponse(Response):
         error_headers: Callable[[GatewayError], list[tuple[bytes, bytes]]],
         on_finish: Callable[[StreamOutcome], Awaitable[None]],
         keepalive_s: float,
+        on_end: Callable[[StreamOutcome], Awaitable[None]] | None = None,
         outcome: StreamOutcome | None = None,
     ) -> None:
         # Not calling Response.__init__: headers are decided when the first event exists.
@@ -80,6 +85,7 @@ class SSEResponse(Response):
         self._make_headers = headers
         self._error_headers = error_headers
         self._on_finish = on_finish
+        self._on_end = on_end
         self._keepalive_s = keepalive_s
         self.outcome = outcome or StreamOutcome()
         self._lock = asyncio.Lock()
@@ -128,6 +134,8 @@ class SSEResponse(Response):
                 outcome.frames_sent += 1
         except GatewayError as err:
             outcome.error = err
+            if self._on_end is not None:
+                await self._on_end(outcome)
             await self._send_error(send, err)
             return
         except (asyncio.CancelledError, OSError):
@@ -137,6 +145,8 @@ class SSEResponse(Response):
             outcome.error = internal
             await self._send_error(send, internal)
             raise
+        if self._on_end is not None:
+            await self._on_end(outcome)
         async with self._lock:
             if not outcome.committed:
                 await self._commit(send, 200, self._make_headers())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -258,3 +259,52 @@ def test_a_static_key_carries_the_limits_written_in_config(
     assert caught.value.code == "rate_limit_exceeded"
     assert "requests per minute" in caught.value.message
     assert caught.value.response.headers["x-ratelimit-limit-requests"] == "2"
+
+
+class SlowSettle:
+    """Wraps the gateway's quota store: each settlement takes ``delay`` seconds to land."""
+
+    def __init__(self, inner: Any, delay: float) -> None:
+        self.inner = inner
+        self.delay = delay
+        self.landed = 0
+
+    async def reserve(self, *args: Any) -> Any:
+        return await self.inner.reserve(*args)
+
+    async def settle(self, reservation: Any, actual: Any) -> None:
+        await asyncio.sleep(self.delay)
+        await self.inner.settle(reservation, actual)
+        self.landed += 1
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["unary", "stream"])
+def test_the_client_hears_the_end_only_after_the_settlement(
+    standin_gateway: tuple[RunningGateway, KeyStore], stream: bool
+) -> None:
+    """The next request, on any replica, must find the slot free and the spend counted:
+    so the answer (or a stream's [DONE]) leaves only once the request is settled."""
+    gw, store = standin_gateway
+    key, _ = one_slot_key(store)
+    pipeline = gw.services.pipeline
+    slow = SlowSettle(pipeline.quotas, delay=0.3)
+    pipeline.quotas = slow
+    try:
+        with httpx.stream(
+            "POST",
+            gw.v1 + "/chat/completions",
+            json={"model": "small", "messages": MSGS, "max_tokens": 3, "stream": stream},
+            headers={"authorization": f"Bearer {key}"},
+            timeout=10,
+        ) as resp:
+            assert resp.status_code == 200
+            body = resp.read()
+            landed_at_end = slow.landed
+    finally:
+        pipeline.quotas = slow.inner
+    assert body.endswith(b"data: [DONE]\n\n") if stream else orjson.loads(body)["usage"]
+    assert landed_at_end == 1
+    assert chat(gw, key).status_code == 200  # the one slot is free again
