@@ -264,15 +264,13 @@ def test_model_scripts_get_their_inputs_and_run_offline(
     assert all(env.get("HF_HUB_OFFLINE") == "1" for env in runner.envs)
 
 
-def test_warm_prepare_runs_nothing_and_takes_well_under_a_second(
+def test_warm_prepare_runs_nothing(
     preparer: Preparer, runner: FakeRunner, profile: Profile
 ) -> None:
     preparer.prepare(profile)
     runner.calls.clear()
-    started = time.monotonic()
     again = preparer.prepare(profile)
     assert runner.calls == []
-    assert time.monotonic() - started < 1.0
     assert preparer.missing(profile) == []
     assert again.models["small"].endswith("awq-w4a16-g64-v1")
 
