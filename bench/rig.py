@@ -47,7 +47,7 @@ class Rig:
 
     @property
     def standin_pid(self) -> int:
-        return int(self.standin.pid)
+        return self.standin.pid
 
     @property
     def gateway_pid(self) -> int:

@@ -266,7 +266,7 @@ class RedisQuotaStore:
         """Write the settlement at once and return its reply's future, or None when the
         link is not connected. The caller checks the reply (an error reply comes in
         place, a NOSCRIPT among them) and falls back to :meth:`settle_many`."""
-        futs = self._link.send_now([("EVALSHA", self._sha["settle"], 0, *self._settle_args(op))])
+        futs = self._link.send_now([self._command("settle", self._settle_args(op))])
         return None if futs is None else futs[0]
 
     def _settle_args(self, op: SettleOp) -> list[Any]:
@@ -379,9 +379,13 @@ class RedisQuotaStore:
     def _key(self, scope: Scope, suffix: str) -> str:
         return f"{self._prefix}{{{scope.id}}}:{suffix}"
 
+    def _command(self, script: str, args: list[Any]) -> tuple[Any, ...]:
+        """The EVALSHA command running one of our scripts (no keys: ids are arguments)."""
+        return ("EVALSHA", self._sha[script], 0, *args)
+
     async def _eval(self, calls: list[tuple[str, list[Any]]]) -> list[Any]:
         """EVALSHA the scripts in one round trip; load them once if Redis lost them."""
-        commands = [("EVALSHA", self._sha[name], 0, *args) for name, args in calls]
+        commands = [self._command(name, args) for name, args in calls]
         for attempt in (1, 2):
             results = await self._call(commands, errors_in_place=True)
             errors = [r for r in results if isinstance(r, ReplyError)]

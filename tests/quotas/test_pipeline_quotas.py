@@ -75,6 +75,17 @@ def sse_payloads(resp: httpx.Response) -> list[bytes]:
     ]
 
 
+def open_chat_stream(gw: RunningGateway, key: str, **body: Any) -> Any:
+    """A chat request whose response is read as it comes (a context manager)."""
+    return httpx.stream(
+        "POST",
+        gw.v1 + "/chat/completions",
+        json={"model": "small", "messages": MSGS, **body},
+        headers={"authorization": f"Bearer {key}"},
+        timeout=10,
+    )
+
+
 def cut_stream(cfg: dict[str, Any]) -> tuple[list[bytes], ListRecorder, Any]:
     settings = Settings(**cfg)
     created = key_store(settings).create_key(
@@ -82,13 +93,7 @@ def cut_stream(cfg: dict[str, Any]) -> tuple[list[bytes], ListRecorder, Any]:
     )
     recorder = ListRecorder()
     with serve_in_thread(settings, monitor=False, recorder=recorder) as gw:
-        with httpx.stream(
-            "POST",
-            gw.v1 + "/chat/completions",
-            json={"model": "small", "messages": MSGS, "max_tokens": 5, "stream": True},
-            headers={"authorization": f"Bearer {created.key}"},
-            timeout=10,
-        ) as resp:
+        with open_chat_stream(gw, created.key, max_tokens=5, stream=True) as resp:
             assert resp.status_code == 200
             payloads = sse_payloads(resp)
         pipeline = gw.services.pipeline
@@ -196,13 +201,7 @@ def test_reservation_released_after_client_disconnect(
     key, principal = one_slot_key(store)
     set_fault(standin_pair["small"], mode="stall_after", tokens=2)
     try:
-        with httpx.stream(
-            "POST",
-            gw.v1 + "/chat/completions",
-            json={"model": "small", "messages": MSGS, "max_tokens": 50, "stream": True},
-            headers={"authorization": f"Bearer {key}"},
-            timeout=10,
-        ) as resp:
+        with open_chat_stream(gw, key, max_tokens=50, stream=True) as resp:
             assert resp.status_code == 200
             lines = resp.iter_lines()  # kept: dropping the iterator closes the response
             assert next(lines).startswith("data: ")
@@ -269,9 +268,6 @@ class SlowSettle:
         self.delay = delay
         self.landed = 0
 
-    async def reserve(self, *args: Any) -> Any:
-        return await self.inner.reserve(*args)
-
     async def settle(self, reservation: Any, actual: Any) -> None:
         await asyncio.sleep(self.delay)
         await self.inner.settle(reservation, actual)
@@ -293,13 +289,7 @@ def test_the_client_hears_the_end_only_after_the_settlement(
     slow = SlowSettle(pipeline.quotas, delay=0.3)
     pipeline.quotas = slow
     try:
-        with httpx.stream(
-            "POST",
-            gw.v1 + "/chat/completions",
-            json={"model": "small", "messages": MSGS, "max_tokens": 3, "stream": stream},
-            headers={"authorization": f"Bearer {key}"},
-            timeout=10,
-        ) as resp:
+        with open_chat_stream(gw, key, max_tokens=3, stream=stream) as resp:
             assert resp.status_code == 200
             body = resp.read()
             landed_at_end = slow.landed
