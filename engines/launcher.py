@@ -1,7 +1,10 @@
 """Start, watch and stop a profile's engines as detached background processes.
 
 ``Launcher(profile).up()`` prepares what is missing, starts every engine that is not
-already serving, and waits until each answers ``GET /v1/models`` with its model name.
+already serving, and waits until each is ready: it lists its model under ``GET
+/v1/models`` *and* has generated a token for a real chat request. An answering health
+endpoint is not enough: an engine whose kernels are missing on this CPU starts and
+answers ``/v1/models``, then dies on its first forward pass.
 ``down()`` stops them (SIGTERM to the process group, SIGKILL after a grace period) and
 ``status()`` reports each one. Pid and log files live in the cache's run folder.
 
@@ -31,6 +34,7 @@ from rich.markup import escape
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from engines.cache import CacheLayout
+from engines.cpu import engine_env
 from engines.errors import LaunchError
 from engines.prepare import PreparedProfile, Preparer
 from engines.procs import PidRecord, is_alive, spawn, start_ticks, stop_group
@@ -41,6 +45,9 @@ from engines.runner import ConsoleRunner, Heartbeat, tail
 DEFAULT_TIMEOUT = 600.0
 DEFAULT_GRACE = 20.0
 API_SERVER = "vllm.entrypoints.openai.api_server"
+#: A real chat request for one token: what "ready" means.
+READY_PROMPT = "Say OK."
+READY_TIMEOUT = 60.0
 
 
 class CommandBuilder(Protocol):
@@ -200,6 +207,7 @@ class Launcher:
         env = {**self._environ, **OFFLINE_ENV, **engine.env}
         for name in ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME"):
             env.pop(name, None)
+        env.update(engine_env(self._environ))
         log = self.log_path(engine.name)
         try:
             proc = spawn(argv, env, log)
@@ -267,14 +275,35 @@ class Launcher:
         return None
 
     def _probe(self, engine: EngineSpec) -> tuple[str, ...] | None:
-        """The model ids the engine serves, or None unless it serves its own model."""
+        """The model ids the engine serves, or None unless it serves its own model and
+        generates a token with it."""
         try:
             response = self._http.get(f"{engine.base_url}/models")
             response.raise_for_status()
             ids = tuple(str(m.get("id")) for m in response.json().get("data", []))
         except (httpx.HTTPError, ValueError, AttributeError):
             return None
-        return ids if engine.served_model_name in ids else None
+        if engine.served_model_name not in ids or not self._generates(engine):
+            return None
+        return ids
+
+    def _generates(self, engine: EngineSpec) -> bool:
+        """True once a one-token chat request comes back with a generated token."""
+        body = {
+            "model": engine.served_model_name,
+            "messages": [{"role": "user", "content": READY_PROMPT}],
+            "max_tokens": 1,
+            "temperature": 0,
+        }
+        try:
+            response = self._http.post(
+                f"{engine.base_url}/chat/completions", json=body, timeout=READY_TIMEOUT
+            )
+            response.raise_for_status()
+            usage = response.json().get("usage") or {}
+            return int(usage.get("completion_tokens") or 0) >= 1
+        except (httpx.HTTPError, ValueError, AttributeError, TypeError):
+            return False
 
     def _status(self, engine: EngineSpec) -> EngineStatus:
         record = PidRecord.load(self.pid_path(engine.name))

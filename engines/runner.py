@@ -59,15 +59,18 @@ class Heartbeat:
     otherwise be silent for minutes.
     """
 
-    def __init__(self, console: Console, every: float = HEARTBEAT_SECONDS) -> None:
+    def __init__(
+        self, console: Console, every: float = HEARTBEAT_SECONDS, *, always: bool = False
+    ) -> None:
         self._console = console
         self._every = every
+        self._always = always
         self._started = time.monotonic()
         self._last = self._started
 
     def maybe(self, label: str, detail: str) -> None:
         now = time.monotonic()
-        if self._console.is_terminal or now - self._last < self._every:
+        if (self._console.is_terminal and not self._always) or now - self._last < self._every:
             return
         self._last = now
         elapsed = now - self._started
@@ -77,10 +80,15 @@ class Heartbeat:
 
 
 class ConsoleRunner:
-    """Runs commands with a live status line; appends their output to a log file."""
+    """Runs commands with a live status line; appends their output to a log file.
 
-    def __init__(self, console: Console) -> None:
+    ``live=False`` prints plain progress lines instead, for a command that runs beside
+    another one (a console holds one live display at a time).
+    """
+
+    def __init__(self, console: Console, *, live: bool = True) -> None:
         self._console = console
+        self._live = live
 
     def run(
         self,
@@ -131,6 +139,18 @@ class ConsoleRunner:
 
         reader = threading.Thread(target=pump, daemon=True)
         reader.start()
+        if not self._live:
+            beat = Heartbeat(self._console, always=True)
+            try:
+                while proc.poll() is None:
+                    beat.maybe(label, last[0])
+                    time.sleep(0.25)
+            except BaseException:
+                proc.terminate()
+                proc.wait()
+                raise
+            reader.join(timeout=5)
+            return proc.returncode
         columns = (
             SpinnerColumn(),
             TextColumn("{task.description}"),

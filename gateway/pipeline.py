@@ -477,6 +477,8 @@ class Pipeline:
             if ctx.engine is not None and ctx.engine.tier != ctx.decision.tier:
                 reason += f";fallback_from:{ctx.decision.tier}"
             h["x-tollgate-route-reason"] = reason
+        if ctx.engine is not None:
+            h["x-tollgate-engine"] = ctx.engine.name
         if self.settings.pricing.cost_header and not (ctx.request and ctx.request.stream):
             h["x-request-cost-usd"] = f"{ctx.cost_nusd / 1e9:.9f}"
         return h

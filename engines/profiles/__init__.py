@@ -30,16 +30,28 @@ class _Model(BaseModel):
 
 
 class ModelSource(_Model):
-    """Where an engine's weights come from: a locally prepared artifact or a repo/path."""
+    """Where an engine's weights come from: a locally prepared artifact or a repo/path.
+
+    ``alternatives`` are other artifacts, in order, for a CPU whose vLLM build lacks a
+    kernel the first one needs (the preparer probes the build and says which it chose).
+    """
 
     artifact: Name | None = None
     repo: str | None = None
+    alternatives: tuple[Name, ...] = ()
 
     @model_validator(mode="after")
     def _exactly_one(self) -> ModelSource:
         if (self.artifact is None) == (self.repo is None):
             raise ValueError("set exactly one of 'artifact' or 'repo'")
+        if self.alternatives and self.artifact is None:
+            raise ValueError("'alternatives' are other artifacts: set 'artifact' too")
         return self
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        """The artifacts in order of preference (empty for a repo)."""
+        return (self.artifact, *self.alternatives) if self.artifact else ()
 
 
 class EngineSpec(_Model):

