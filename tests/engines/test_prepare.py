@@ -271,9 +271,7 @@ def test_the_kernels_are_probed_once_per_prepare(
     probe = preparer._kernels
     assert isinstance(probe, FakeProbe)
     preparer.prepare(profile)
-    assert probe.asked == [
-        frozenset({"_C.cpu_gemm_wna16", "aten._dyn_quant_matmul_4bit"})
-    ]
+    assert probe.asked == [frozenset({"_C.cpu_gemm_wna16", "aten._dyn_quant_matmul_4bit"})]
 
 
 def test_a_cpu_with_no_usable_kernel_is_refused_by_name(
