@@ -161,13 +161,14 @@ SMOLLM2_BF16 = ModelRecipe(
 )
 
 #: AWQ calibration settings, measured in bench/results/awq_prepare.md. The cost is one
-#: forward pass of the calibration tokens per grid point per layer, so 32 texts (~2k
-#: tokens) and a 10-point grid cost about a tenth of the first recipe's 120 texts and
-#: 20 points. Calibration runs in bf16 where the CPU has it natively, else in float32
-#: (``--dtype auto``): bf16 emulated on AVX2 was 6x slower.
+#: forward pass of the calibration tokens per grid point per layer: 64 texts (~4k
+#: tokens, every question form) and a 10-point grid cost about a quarter of the first
+#: recipe's 120 texts and 20 points; 32 texts of one form lost answers bf16 gets right.
+#: Calibration runs in bf16 where the CPU has it natively, else in float32
+#: (``--dtype auto``): bf16 emulated on AVX2 is several times slower.
 AWQ_ARGS = (
     "--group-size", "64",
-    "--samples", "32",
+    "--samples", "64",
     "--max-seq-length", "256",
     "--n-grid", "10",
     "--dtype", "auto",
@@ -176,7 +177,7 @@ AWQ_ARGS = (
 
 SMOLLM2_AWQ = ModelRecipe(
     name="smollm2-135m-instruct-awq-w4a16-g64",
-    revision="v2",
+    revision="v3",
     venv=QUANT_VENV,
     script="quantize_awq.py",
     args=("--scheme", "w4a16", *AWQ_ARGS),
@@ -187,7 +188,7 @@ SMOLLM2_AWQ = ModelRecipe(
 
 SMOLLM2_AWQ_W4A8 = ModelRecipe(
     name="smollm2-135m-instruct-awq-w4a8-g64",
-    revision="v1",
+    revision="v2",
     venv=QUANT_VENV,
     script="quantize_awq.py",
     args=("--scheme", "w4a8", *AWQ_ARGS),

