@@ -40,6 +40,9 @@ class ServerSettings(_Section):
     #: Upper bound on max_tokens a client may ask for (and the default when absent).
     max_tokens_cap: int = Field(8192, ge=1)
     drain_seconds: float = Field(30.0, ge=0)
+    #: After SIGTERM, keep serving this long with readiness 503 (so load balancers stop
+    #: sending here) before the listener closes and the drain starts.
+    unready_seconds: float = Field(0.0, ge=0)
     keepalive_seconds: float = Field(15.0, gt=0)
     log_level: str = "INFO"
     access_log: bool = True

@@ -225,3 +225,20 @@ class GatewayProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+#: The secrets compose and k8s hand the production gateway, as environment variables
+#: (deploy/docker-compose.yml, deploy/k8s/gateway.yaml); the values are placeholders.
+def production_env(
+    *,
+    redis_url: str = "redis://:redis-password@redis:6379/0",
+    ledger_url: str = "postgresql://tollgate:pg-password@postgres:5432/tollgate",
+    admin_token: str = "tg-prod-admin-token-0001",
+    engine_api_key: str = "engine-api-key-0001",
+) -> dict[str, str]:
+    return {
+        "TOLLGATE_AUTH__ADMIN_TOKEN": admin_token,
+        "TOLLGATE_QUOTAS__REDIS_URL": redis_url,
+        "TOLLGATE_LEDGER__URL": ledger_url,
+        "ENGINE_API_KEY": engine_api_key,
+    }

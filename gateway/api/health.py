@@ -30,10 +30,11 @@ async def ready(request: Request) -> Response:
     routing = svc.pipeline.router
     models = {m.name: routing.servable(m) for m in routing.public_models()}
     unservable = sorted(name for name, ok in models.items() if not ok)
-    ok = not svc.draining and not unservable
+    stopping = svc.draining or svc.stopping
+    ok = not stopping and not unservable
     body = {
         "status": "ready" if ok else "not_ready",
-        "draining": svc.draining,
+        "draining": stopping,
         "models": models,
         "unservable": unservable,
     }
