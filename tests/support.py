@@ -175,11 +175,17 @@ def serve_in_thread(settings: Settings, **overrides: Any) -> Iterator[RunningGat
 class GatewayProcess:
     """``tollgate serve -c CONFIG`` as a child process."""
 
-    def __init__(self, config_path: Path, port: int, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        config_path: Path,
+        port: int,
+        env: dict[str, str] | None = None,
+        log_dir: Path | None = None,
+    ) -> None:
         self.config_path = config_path
         self.port = port
         self.base_url = f"http://127.0.0.1:{port}"
-        self.log = config_path.parent / f"gateway-{port}.log"
+        self.log = (log_dir or config_path.parent) / f"gateway-{port}.log"
         self._env = {**os.environ, **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
 

@@ -101,7 +101,7 @@ def test_production_config_serves_meters_and_records(
         "TOLLGATE_PRICING__FILE": str(ROOT / "deploy/config/prices.yaml"),
         "TOLLGATE_ENGINES": json.dumps(engines_at({"small": small.port, "large": large.port})),
     }
-    gw = GatewayProcess(CONFIG, port, env)
+    gw = GatewayProcess(CONFIG, port, env, log_dir=tmp_path)
     try:
         gw.start(timeout=60)
         base = gw.base_url
