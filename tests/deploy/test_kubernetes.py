@@ -129,6 +129,7 @@ def test_placeholder_digests_are_marked() -> None:
 def test_every_pod_is_non_root_read_only_and_without_capabilities(rendered: list[Doc]) -> None:
     for where, spec in pod_specs(rendered):
         pod = spec["securityContext"]
+        assert spec["automountServiceAccountToken"] is False, where  # none calls the API
         assert pod["runAsNonRoot"] is True and pod["runAsUser"] > 0, where
         assert pod["seccompProfile"] == {"type": "RuntimeDefault"}, where
         for c in containers(spec):
