@@ -341,3 +341,17 @@ def test_configmaps_the_pods_mount_exist(rendered: list[Doc]) -> None:
         for c in containers(spec):
             for source in c.get("envFrom", []):
                 assert source["configMapRef"]["name"] in maps, where
+
+
+def test_the_images_list_keeps_the_tags_the_manifests_name() -> None:
+    """A digest is pinned for a tag: the list's tag must be the one the manifests (and the
+    engine profiles) name, or the digest would silently pin another version."""
+    named = {
+        c["image"]
+        for path in (DEPLOY / "k8s").glob("*.yaml")
+        for doc in yaml.safe_load_all(path.read_text())
+        if doc and doc["kind"] in ("Deployment", "Job")
+        for c in containers(doc["spec"]["template"]["spec"])
+    }
+    listed = yaml.safe_load((DEPLOY / "kustomization.yaml").read_text())["images"]
+    assert named == {f"{i['name']}:{i['newTag']}" for i in listed}
