@@ -247,12 +247,12 @@ def test_gateway_config_points_at_the_engines_and_their_models() -> None:
     assert config["quotas"]["backend"] == "redis"
 
 
-def test_gateway_deployment_scales_with_an_hpa() -> None:
+def test_gateway_deployment_scales_with_keda() -> None:
     docs = {d["kind"]: d for d in _k8s_docs("gateway.yaml")}
     assert docs["Deployment"]["spec"]["replicas"] >= 2
-    hpa = docs["HorizontalPodAutoscaler"]["spec"]
-    assert hpa["scaleTargetRef"]["name"] == docs["Deployment"]["metadata"]["name"]
-    assert hpa["minReplicas"] <= hpa["maxReplicas"]
+    scaler = docs["ScaledObject"]["spec"]  # KEDA creates and owns the HPA
+    assert scaler["scaleTargetRef"]["name"] == docs["Deployment"]["metadata"]["name"]
+    assert scaler["minReplicaCount"] <= scaler["maxReplicaCount"]
 
 
 def test_kustomization_lists_every_manifest() -> None:
@@ -260,7 +260,7 @@ def test_kustomization_lists_every_manifest() -> None:
     listed = set(kustomization["resources"])
     assert listed == {f"k8s/{p.name}" for p in (DEPLOY / "k8s").glob("*.yaml")}
     for generator in kustomization["configMapGenerator"]:
-        for file in generator["files"]:
+        for file in generator.get("files", []) + generator.get("envs", []):
             assert (DEPLOY / file).is_file(), file
 
 
