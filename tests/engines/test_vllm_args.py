@@ -16,7 +16,9 @@ from typing import Any
 
 import pytest
 import yaml
+from typer.testing import CliRunner
 
+from engines.cli import app
 from engines.errors import PrepareError
 from engines.profiles import available_profiles, load_profile
 from engines.vllm_args import check_argvs, engine_python, profile_argvs
@@ -109,3 +111,12 @@ def test_every_engine_turns_tool_calling_on_with_a_parser() -> None:
 def test_a_missing_engine_venv_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(PrepareError, match="engines prepare"):
         check_argvs({"x": SMALL}, python=tmp_path / "no-venv" / "bin" / "python")
+
+
+def test_cli_check_args_without_the_venv_says_how_to_build_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TOLLGATE_CACHE", str(tmp_path))
+    result = CliRunner().invoke(app, ["check-args", "a100-small"])
+    assert result.exit_code == 1
+    assert "engines prepare" in result.output
