@@ -1,7 +1,8 @@
 """Every shipped engine argv is one vLLM 0.32 accepts, by vLLM's own argument parser.
 
 The argvs come from the bundled profiles (through the launcher's argv builder), the
-compose file's engine commands and the k8s engine Deployments. They are all checked in
+compose file's engine commands, the k8s engine Deployments and the GPU check's scaled
+engines. They are all checked in
 one run of the engine venv's interpreter (importing vLLM takes ~10 s), together with
 broken variants that must fail, so a checker that accepts everything cannot pass.
 
@@ -20,6 +21,7 @@ from typer.testing import CliRunner
 
 from engines.cli import app
 from engines.errors import PrepareError
+from engines.gpucheck import check_profile
 from engines.profiles import available_profiles, load_profile
 from engines.vllm_args import check_argvs, engine_python, profile_argvs
 
@@ -64,11 +66,19 @@ def _k8s_argvs() -> dict[str, list[str]]:
     return argvs
 
 
+def _gpu_check_argvs() -> dict[str, list[str]]:
+    argvs: dict[str, list[str]] = {}
+    for gpus in (1, 2):
+        for name, argv in profile_argvs(check_profile(gpus)).items():
+            argvs[f"{name}-{gpus}gpu"] = argv
+    return argvs
+
+
 def shipped_argvs() -> dict[str, list[str]]:
     argvs: dict[str, list[str]] = {}
     for name in available_profiles():
         argvs.update(profile_argvs(load_profile(name, environ={})))
-    return {**argvs, **_compose_argvs(), **_k8s_argvs()}
+    return {**argvs, **_compose_argvs(), **_k8s_argvs(), **_gpu_check_argvs()}
 
 
 @pytest.fixture(scope="module")
@@ -88,6 +98,7 @@ def test_the_check_covers_every_profile_and_deploy_engine() -> None:
     assert {"local-cpu/small", "local-cpu/large", "a100-small/small", "a100-large/large"} <= names
     assert {"compose/engine-small", "compose/engine-large"} <= names
     assert {"k8s/engine-small/vllm", "k8s/engine-large/vllm"} <= names
+    assert {"gpu-check/small-1gpu", "gpu-check/large-2gpu"} <= names
 
 
 def test_vllm_accepts_every_shipped_engine_argv(verdicts: dict[str, str | None]) -> None:
