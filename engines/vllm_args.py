@@ -10,6 +10,7 @@ model is read.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -60,7 +61,7 @@ def check_argvs(
                 capture_output=True,
                 text=True,
                 timeout=timeout,
-                env={"PATH": "/usr/bin:/bin", **OFFLINE_ENV},
+                env={"PATH": "/usr/bin:/bin", "HOME": os.environ.get("HOME", tmp), **OFFLINE_ENV},
                 cwd=tmp,
                 check=False,
             )

@@ -12,6 +12,7 @@ before pytest: a missing venv fails here with that instruction rather than skipp
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -122,6 +123,11 @@ def test_every_engine_turns_tool_calling_on_with_a_parser() -> None:
 def test_a_missing_engine_venv_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(PrepareError, match="engines prepare"):
         check_argvs({"x": SMALL}, python=tmp_path / "no-venv" / "bin" / "python")
+
+
+def test_an_interpreter_without_vllm_is_a_clear_error() -> None:
+    with pytest.raises(PrepareError, match=r"check_vllm_args\.py failed"):
+        check_argvs({"x": SMALL}, python=Path(sys.executable))
 
 
 def test_cli_check_args_without_the_venv_says_how_to_build_it(
