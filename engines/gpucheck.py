@@ -3,8 +3,9 @@
 ``scripts/gpu-check.sh`` (which builds what this needs) runs ``python -m engines.gpucheck``.
 It has not run on a GPU yet. Steps:
 
-1. **Engines.** The two SmolLM2 models ``python -m engines prepare`` builds (small: AWQ
-   W4A16 g64, large: bf16) served by a CUDA build of vLLM 0.32 with the flags of
+1. **Engines.** The two SmolLM2 models of the local pair (small: AWQ W4A16 g64, large:
+   bf16; built here by :func:`prepare_models`, whatever this CPU's vLLM build could run)
+   served by a CUDA build of vLLM 0.32 with the flags of
    ``a100-small`` and ``a100-large``, scaled to a 135M model (:func:`scaled_args`), on
    the local profile's ports and served names, so everything written for the local pair
    finds them. With two GPUs or more each engine gets its own; with one they share it.
@@ -40,11 +41,15 @@ from typing import Any
 
 import httpx
 import yaml
+from rich.console import Console
 
 from engines.cache import CacheLayout
+from engines.cpu import Kernels
 from engines.launcher import API_SERVER, Launcher
+from engines.prepare import Preparer
 from engines.profiles import EngineSpec, Profile, load_profile
-from engines.recipes import MODEL_ARTIFACTS
+from engines.recipes import MODEL_ARTIFACTS, VenvRecipe
+from engines.runner import ConsoleRunner
 
 ROOT = Path(__file__).resolve().parents[1]
 #: Tier -> (production profile, artifact built by ``engines prepare``).
@@ -95,6 +100,35 @@ def _set(args: list[str], flag: str, value: str) -> list[str]:
         out[out.index(flag) + 1] = value
         return out
     return [*args, flag, value]
+
+
+def served_on_gpu(venv: VenvRecipe, wanted: frozenset[str]) -> Kernels:
+    """Kernel source for the preparer: the GPU check serves with a CUDA vLLM, so what the
+    CPU build can run does not choose the artifact (``engines prepare`` on an AVX2-only
+    host, e.g. an EPYC Rome or Milan A100 server, would pick W4A8 for the CPU)."""
+    return Kernels(library="CUDA vLLM", ops=wanted)
+
+
+def models_profile() -> Profile:
+    """The local profile with each tier fixed to the artifact the GPU check serves."""
+    local = load_profile("local-cpu", environ={})
+    engines = [
+        e.model_copy(
+            update={
+                "model": e.model.model_copy(
+                    update={"artifact": TIERS[e.tier][1], "alternatives": ()}
+                )
+            }
+        )
+        for e in local.engines
+    ]
+    return local.model_copy(update={"engines": engines})
+
+
+def prepare_models(layout: CacheLayout, console: Console) -> None:
+    """Build (once, cached) the SmolLM2 artifacts of :data:`TIERS`, whatever this CPU."""
+    preparer = Preparer(layout, ConsoleRunner(console), console, kernels=served_on_gpu)
+    preparer.prepare(models_profile())
 
 
 def check_profile(gpus: int) -> Profile:
@@ -316,6 +350,7 @@ def run(opts: argparse.Namespace) -> int:
     if not gpus:
         raise SystemExit("no NVIDIA GPU found (nvidia-smi): this check needs one")
     cache = CacheLayout.from_env()
+    prepare_models(cache, Console())
     layout = CacheLayout(root=cache.root, run=out / "run")
     profile = check_profile(len(gpus))
     legs: list[Leg] = []

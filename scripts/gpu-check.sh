@@ -26,5 +26,6 @@ if ! "$VLLM_PYTHON" -c 'import vllm, sys; sys.exit(vllm.__version__ != "0.32.0")
   "$VLLM_PYTHON" -m pip install --quiet "vllm==0.32.0"
 fi
 
-.venv/bin/python -m engines prepare          # SmolLM2 bf16 + AWQ W4A16 (cached)
+# engines.gpucheck prepares (cached) SmolLM2 bf16 and AWQ W4A16 itself: `engines prepare`
+# would choose the small tier's quantization by this host's CPU (W4A8 without AVX-512).
 exec .venv/bin/python -m engines.gpucheck --vllm-python "$VLLM_PYTHON" "$@"

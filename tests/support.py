@@ -246,5 +246,5 @@ def production_env(
         "TOLLGATE_AUTH__ADMIN_TOKEN": admin_token,
         "TOLLGATE_QUOTAS__REDIS_URL": redis_url,
         "TOLLGATE_LEDGER__URL": ledger_url,
-        "ENGINE_API_KEY": engine_api_key,
+        "TOLLGATE_ENGINE_API_KEY": engine_api_key,
     }

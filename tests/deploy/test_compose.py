@@ -98,3 +98,11 @@ def test_every_required_variable_is_in_the_readme() -> None:
     block = readme.split("## Docker Compose", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
     assert required <= set(re.findall(r"(\w+)=", block)), required
     assert (ROOT / "Dockerfile.gpu").is_file()
+
+
+def test_compose_lets_the_gateway_drain() -> None:
+    """compose's default stop grace is 10 s: the gateway's SIGTERM sequence needs more."""
+    from tests.deploy.test_kubernetes import _shutdown_seconds
+
+    grace = compose()["services"]["gateway"]["stop_grace_period"]
+    assert grace.endswith("s") and float(grace[:-1]) >= _shutdown_seconds() + 5

@@ -355,3 +355,25 @@ def test_the_images_list_keeps_the_tags_the_manifests_name() -> None:
     }
     listed = yaml.safe_load((DEPLOY / "kustomization.yaml").read_text())["images"]
     assert named == {f"{i['name']}:{i['newTag']}" for i in listed}
+
+
+def _shutdown_seconds() -> float:
+    """What the production gateway takes after SIGTERM at most: unready, drain, flush."""
+    config = yaml.safe_load((DEPLOY / "config" / "tollgate.yaml").read_text())
+    server, ledger = config["server"], config.get("ledger", {})
+    return float(
+        server.get("unready_seconds", 0)
+        + server.get("drain_seconds", 30)
+        + ledger.get("shutdown_timeout_s", 10)
+    )
+
+
+def test_the_gateway_pod_outlives_its_sigterm_sequence(rendered: list[Doc]) -> None:
+    """server.unready_seconds does what a preStop sleep would (readiness 503, serving
+    on): both would add up, so there is none, and the grace period covers unready +
+    drain + ledger flush with a margin."""
+    spec = deployment(rendered, "gateway")["spec"]["template"]["spec"]
+    assert "lifecycle" not in spec["containers"][0]
+    assert spec["terminationGracePeriodSeconds"] >= _shutdown_seconds() + 5
+    config = yaml.safe_load((DEPLOY / "config" / "tollgate.yaml").read_text())
+    assert config["server"]["unready_seconds"] >= 5  # the Service's endpoints catch up

@@ -11,20 +11,26 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from rich.console import Console
 
 from engines.cache import CacheLayout
+from engines.cpu import CpuInfo
 from engines.gpucheck import (
     CudaVllm,
     check_profile,
     closed_loop,
     kernels,
+    models_profile,
     parse,
     report,
     run,
     scaled_args,
+    served_on_gpu,
 )
 from engines.plan import arg
+from engines.prepare import Preparer
 from engines.profiles import load_profile
+from engines.runner import ConsoleRunner
 from engines.standin_faults import StandinProcess
 
 
@@ -55,6 +61,23 @@ def test_check_profile_poses_as_the_local_pair() -> None:
     assert one.engine("large").model.artifact == "smollm2-135m-instruct-bf16"
     assert {e.env["CUDA_VISIBLE_DEVICES"] for e in one.engines} == {"0"}
     assert [e.env["CUDA_VISIBLE_DEVICES"] for e in two.engines] == ["0", "1"]
+
+
+def test_the_models_are_the_gpu_artifacts_whatever_the_cpu(tmp_path: Path) -> None:
+    """On an AVX2-only host `engines prepare` picks W4A8 for the CPU; the GPU check
+    still builds and serves W4A16 (vLLM's GPU Marlin kernel is what it tests)."""
+    avx2 = CpuInfo(model="AVX2-only host", flags=frozenset({"avx2"}))
+    preparer = Preparer(
+        CacheLayout.at(tmp_path),
+        ConsoleRunner(Console(quiet=True)),
+        Console(quiet=True),
+        cpu=avx2,
+        kernels=served_on_gpu,
+    )
+    chosen = {c.engine: c.recipe.name for c in preparer.choose(models_profile())}
+    assert chosen == {tier: check_profile(1).engine(tier).model.artifact for tier in chosen}
+    assert chosen["small"] == "smollm2-135m-instruct-awq-w4a16-g64"
+    assert all(not e.model.alternatives for e in models_profile().engines)
 
 
 def test_the_command_needs_prepared_models(tmp_path: Path) -> None:

@@ -80,14 +80,14 @@ def test_production_config_shape(monkeypatch: pytest.MonkeyPatch) -> None:
     for e in s.engines:
         assert e.discover == "dns"
         assert e.api_key is not None
-        assert e.api_key.get_secret_value() == production_env()["ENGINE_API_KEY"]
+        assert e.api_key.get_secret_value() == production_env()["TOLLGATE_ENGINE_API_KEY"]
     raw = yaml.safe_load((ROOT / "deploy/config/tollgate.yaml").read_text())
     assert all("api_key" not in e for e in raw["engines"])  # the secret never in YAML
 
 
 @pytest.mark.parametrize(
     ("missing", "field"),
-    [("TOLLGATE_QUOTAS__REDIS_URL", "quotas"), ("ENGINE_API_KEY", "api_key_env")],
+    [("TOLLGATE_QUOTAS__REDIS_URL", "quotas"), ("TOLLGATE_ENGINE_API_KEY", "api_key_env")],
 )
 def test_production_config_fails_fast_without_a_secret(missing: str, field: str) -> None:
     env: dict[str, str | None] = {**production_env(), missing: None}

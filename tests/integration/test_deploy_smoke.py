@@ -5,8 +5,12 @@ environment compose and k8s give it (admin token, Redis URL with a password, Pos
 ledger URL, engine API key), in front of stand-in engines that require that key, a real
 password-protected redis-server and a real PostgreSQL. Only what cannot be the same
 outside a cluster is overridden through ``TOLLGATE_*``: ports, the spill directory, the
-price file's mount path, and the engines' host:port (each entry otherwise exactly as the
-YAML has it, DNS discovery included, resolved by the real resolver).
+price file's mount path, the engines' host:port and their ``tokenizer`` (a path on the
+models volume, /models/hf/hub/..., that a pod mounts and this machine lacks: a small
+test tokenizer folder stands in, so the gateway loads a tokenizer as in production;
+tests/deploy/test_model_pins.py checks the real paths against the pinned revisions and
+the mounts). Each entry is otherwise exactly as the YAML has it, DNS discovery
+included, resolved by the real resolver.
 """
 
 from __future__ import annotations
@@ -25,6 +29,9 @@ import pytest
 import redis
 import yaml
 from openai.types.chat import ChatCompletionMessageParam
+from tokenizers import Tokenizer
+from tokenizers.models import WordLevel
+from tokenizers.pre_tokenizers import Whitespace
 
 from engines.standin import StandinProcess
 from tests.ledger.pg import PostgresCluster
@@ -62,12 +69,25 @@ def backing(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]
         cluster.destroy()
 
 
-def engines_at(ports: dict[str, int]) -> list[dict[str, Any]]:
-    """The production engine entries, with only each URL's host:port moved to a stand-in."""
+def stand_in_tokenizer(folder: Path) -> Path:
+    """A tokenizer folder (tokenizer.json) standing in for a snapshot on the models volume."""
+    folder.mkdir(parents=True, exist_ok=True)
+    words = ["[UNK]", "hello", "tok1", "tok2", "tok3", "tok4", "tok5"]
+    tok = Tokenizer(WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
+    tok.pre_tokenizer = Whitespace()
+    tok.save(str(folder / "tokenizer.json"))
+    return folder
+
+
+def engines_at(ports: dict[str, int], tokenizer: Path) -> list[dict[str, Any]]:
+    """The production engine entries, with only each URL's host:port moved to a stand-in
+    and the tokenizer path (the models volume's) to a local folder."""
     entries: list[dict[str, Any]] = yaml.safe_load(CONFIG.read_text())["engines"]
     for entry in entries:
         parts = urlsplit(entry["url"])
         entry["url"] = f"{parts.scheme}://127.0.0.1:{ports[entry['tier']]}{parts.path}"
+        assert entry["tokenizer"].startswith("/models/hf/hub/")  # replaced, not dropped
+        entry["tokenizer"] = str(tokenizer)
     return entries
 
 
@@ -99,7 +119,11 @@ def test_production_config_serves_meters_and_records(
         "TOLLGATE_SERVER__ADMIN_PORT": str(admin_port),
         "TOLLGATE_LEDGER__SPILL_DIR": str(tmp_path / "spill"),
         "TOLLGATE_PRICING__FILE": str(ROOT / "deploy/config/prices.yaml"),
-        "TOLLGATE_ENGINES": json.dumps(engines_at({"small": small.port, "large": large.port})),
+        "TOLLGATE_ENGINES": json.dumps(
+            engines_at(
+                {"small": small.port, "large": large.port}, stand_in_tokenizer(tmp_path / "tok")
+            )
+        ),
     }
     gw = GatewayProcess(CONFIG, port, env, log_dir=tmp_path)
     try:
@@ -161,7 +185,9 @@ def test_production_config_serves_meters_and_records(
 
         gw.terminate()
         assert gw.wait(60) == 0
-        assert "Traceback" not in gw.log.read_text()
+        log = gw.log.read_text()
+        assert "Traceback" not in log
+        assert "not loaded" not in log  # each engine's tokenizer loaded, as in a pod
     finally:
         gw.stop()
         small.stop()
