@@ -7,7 +7,8 @@ Runs in the vLLM image (its Python and huggingface_hub), mounted from the Config
 ``model_fetch.py fetch small large``  (Job model-fetch) downloads each tier's repo at its
     pinned commit into ``$HF_HOME/hub`` and points the repo's ``refs/main`` at that
     commit, so that an engine started with ``--model REPO`` and ``HF_HUB_OFFLINE=1``
-    (no ``--revision``) loads exactly the pinned snapshot.
+    loads exactly the pinned snapshot, with or without ``--revision`` (the A100
+    profiles pass the same commit; tests/deploy/test_model_pins.py keeps them equal).
 ``model_fetch.py check small``  (the engines' init container) waits until the tier's
     ``refs/main`` names the pinned commit and that snapshot holds a config.json.
 """

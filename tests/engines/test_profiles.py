@@ -242,7 +242,17 @@ def test_gateway_config_points_at_the_engines_and_their_models() -> None:
         engine = load_profile(profile_name, environ={}).engines[0]
         entry = engines[engine.tier]
         assert entry["model"] == engine.served_model_name
-        assert entry["url"] == f"http://engine-{engine.tier}:{engine.port}"
+        # The tier's headless Service: the gateway discovers each pod as a replica.
+        assert entry["url"] == f"http://engine-{engine.tier}-headless:{engine.port}"
+        assert entry["discover"] == "dns"
+        services = {
+            d["metadata"]["name"]: d
+            for d in _k8s_docs(f"engine-{engine.tier}.yaml")
+            if d["kind"] == "Service"
+        }
+        headless = services[f"engine-{engine.tier}-headless"]["spec"]
+        assert headless["clusterIP"] == "None"
+        assert headless["ports"][0]["port"] == engine.port
         assert engine.served_model_name in priced
     assert config["quotas"]["backend"] == "redis"
 
