@@ -4,9 +4,15 @@ VENV := .venv
 PY := $(VENV)/bin/python
 CONFIG ?= configs/tollgate.yaml
 
-.PHONY: setup engines run stop test test-fast lint bench
+.PHONY: system-deps system-deps-test setup engines run stop test test-fast lint bench
 
-setup:                ## gateway virtualenv + local engines' venv and models (cached)
+system-deps:          ## Debian packages the engines need (apt-get as root; else prints the command)
+	@bash scripts/system-deps.sh run
+
+system-deps-test:     ## ... and the servers and tools the tests start
+	@bash scripts/system-deps.sh test
+
+setup: system-deps    ## gateway virtualenv + local engines' venv and models (cached)
 	@bash scripts/bootstrap.sh
 	@$(PY) -m engines prepare
 
@@ -24,7 +30,7 @@ lint:
 	@$(VENV)/bin/ruff format --check gateway engines tests bench
 	@$(VENV)/bin/mypy
 
-test: setup lint      ## everything: unit, integration, Redis, PostgreSQL, browser, real engines
+test: system-deps-test setup lint  ## everything: unit, integration, Redis, PostgreSQL, browser, real engines
 	@$(PY) -m pytest -ra
 
 test-fast:            ## without the real engines

@@ -29,6 +29,8 @@ ISA_CHOICES = ("auto", "avx2")
 EMULATION_DIR = Path(__file__).parent / "scripts" / "isa_emulation"
 PROBE_SCRIPT = Path(__file__).parent / "scripts" / "probe_kernels.py"
 _AVX512_PREFIXES = ("avx512", "amx")
+#: Variables of the caller's Python that must not leak into another venv's interpreter.
+_FOREIGN = ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME")
 
 
 @dataclass(frozen=True)
@@ -124,10 +126,17 @@ class Kernels:
 class KernelProbe:
     """Asks an engine venv which kernels it has here; caches the answer per CPU and venv."""
 
-    def __init__(self, cache_dir: Path, runner: CommandRunner, log: Path) -> None:
+    def __init__(
+        self,
+        cache_dir: Path,
+        runner: CommandRunner,
+        log: Path,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
         self._dir = cache_dir
         self._runner = runner
         self._log = log
+        self._environ = dict(os.environ if environ is None else environ)
 
     def kernels(self, python: Path, venv_key: str, cpu: CpuInfo, wanted: Iterable[str]) -> Kernels:
         names = sorted(set(wanted))
@@ -139,11 +148,8 @@ class KernelProbe:
             return cached
         out = self._dir / f"kernels-{digest}.json.tmp"
         self._dir.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, **engine_env()}
-        for name in ("VIRTUAL_ENV", "PYTHONHOME"):
-            env.pop(name, None)
-        if "PYTHONPATH" not in engine_env():
-            env.pop("PYTHONPATH", None)
+        env = {k: v for k, v in self._environ.items() if k not in _FOREIGN}
+        env.update(engine_env(self._environ))
         argv = [str(python), str(PROBE_SCRIPT), "--out", str(out), *names]
         self._runner.run(argv, label="probe the engine's CPU kernels", log=self._log, env=env)
         found = _read(out)

@@ -118,12 +118,17 @@ class Launcher:
         self.profile = profile
         self.layout = layout or CacheLayout.from_env()
         self._console = console or Console(stderr=True)
+        self._environ = dict(os.environ if environ is None else environ)
         if command is None:
-            preparer = Preparer(self.layout, ConsoleRunner(self._console), self._console)
+            preparer = Preparer(
+                self.layout,
+                ConsoleRunner(self._console),
+                self._console,
+                environ=self._environ,
+            )
             command = VllmCommand(profile, preparer.prepare)
         self._command = command
         self._http = http or httpx.Client(timeout=httpx.Timeout(3.0, connect=1.0))
-        self._environ = dict(os.environ if environ is None else environ)
         self._poll = poll_interval
         # poll() of the engines this object started, to reap them: a zombie child would
         # otherwise keep its process group "alive".

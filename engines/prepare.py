@@ -83,13 +83,15 @@ class Preparer:
         cpu: CpuInfo | None = None,
         kernels: KernelSource | None = None,
         background: CommandRunner | None = None,
+        environ: Mapping[str, str] | None = None,
     ) -> None:
         self._layout = layout
         self._runner = runner
         self._console = console
         self._base_python = base_python
         self._torch_index_url = torch_index_url
-        self._cpu = cpu or CpuInfo.read()
+        self._environ = dict(os.environ if environ is None else environ)
+        self._cpu = cpu or CpuInfo.read(environ=self._environ)
         self._kernels = kernels or self._probe_kernels
         # Builds that run beside the foreground one report with plain progress lines
         # (one console holds one live display).
@@ -198,7 +200,9 @@ class Preparer:
     def _probe_kernels(self, venv: VenvRecipe, wanted: frozenset[str]) -> Kernels:
         if not is_ready(self.folder(venv), venv.key):
             raise PrepareError(f"{venv.label} must be built before its kernels can be probed")
-        probe = KernelProbe(self._layout.root / "probes", self._runner, self._log(venv))
+        probe = KernelProbe(
+            self._layout.root / "probes", self._runner, self._log(venv), self._environ
+        )
         return probe.kernels(venv.python(self._layout), venv.key, self._cpu, wanted)
 
     def _ensure_venvs(self, engine_venv: VenvRecipe, profile: Profile) -> None:
@@ -310,7 +314,7 @@ class Preparer:
     def _run(
         self, recipe: Recipe, argv: list[str], step: str, runner: CommandRunner | None = None
     ) -> None:
-        env = {**os.environ, **OFFLINE_ENV}
+        env = {**self._environ, **OFFLINE_ENV}
         # The gateway's own venv must not leak into the engine and quantization venvs.
         for name in ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME"):
             env.pop(name, None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Annotated
+from urllib.parse import urlsplit
 
 import typer
 
@@ -49,7 +50,20 @@ def serve(
         except ConfigError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from None
+    typer.echo(f"ledger: {_where(settings)}", err=True)
     run(settings, str(config) if config else None)
+
+
+def _where(settings: Settings) -> str:
+    """Where the ledger lives, for the start-up line (never a password)."""
+    ledger = settings.ledger
+    if not ledger.enabled:
+        return "off"
+    if ledger.url.startswith("sqlite"):
+        path = Path(ledger.url.split(":///", 1)[-1]).expanduser().resolve()
+        return f"SQLite at {path}, journal and spill files in {ledger.spill_dir}"
+    parts = urlsplit(ledger.url)
+    return f"{parts.scheme} at {parts.hostname}:{parts.port or ''}{parts.path}"
 
 
 @app.command("check-config")

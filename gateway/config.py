@@ -283,13 +283,20 @@ class QuotaSettings(_Section):
         return self
 
 
+def data_dir() -> Path:
+    """Where local data goes unless the config says otherwise: ``$XDG_DATA_HOME/tollgate``
+    (``~/.local/share/tollgate``), which any user can create."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base).expanduser() / "tollgate"
+
+
 class LedgerSettings(_Section):
-    url: str = "sqlite:///var/tollgate/ledger.db"
+    url: str = Field(default_factory=lambda: f"sqlite:///{data_dir() / 'ledger.db'}")
     enabled: bool = True
     batch_size: int = Field(500, ge=1)
     flush_interval_s: float = Field(0.5, gt=0)
     queue_max: int = Field(100_000, ge=100)
-    spill_dir: str = "var/tollgate/spill"
+    spill_dir: str = Field(default_factory=lambda: str(data_dir() / "spill"))
     #: Run the Alembic migrations (upgrade head) when the writer first reaches the database.
     auto_migrate: bool = True
     #: Longest wait between attempts to reach a database that is down.

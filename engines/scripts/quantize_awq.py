@@ -1,10 +1,12 @@
-"""AWQ W4A16 quantization of a Hugging Face folder with llmcompressor, on CPU.
+"""AWQ 4-bit quantization of a Hugging Face folder with llmcompressor, on CPU.
 
 Run by the quantization venv's interpreter:
-``python quantize_awq.py --src BF16_DIR --out DIR --group-size 64 --samples 120``.
+``python quantize_awq.py --src BF16_DIR --out DIR --scheme w4a16 --group-size 64 ...``.
 AWQ smoothing, then symmetric int4 group-wise weights on every ``Linear`` except
-``lm_head``, saved in compressed-tensors format that vLLM loads directly. Calibration
-texts are written here, so no dataset is downloaded.
+``lm_head`` (``w4a8`` also quantizes activations to int8 per token at run time), saved
+in compressed-tensors format that vLLM loads directly. Calibration texts are written
+here, so no dataset is downloaded. The cost is one forward pass of the calibration
+tokens per point of the scale grid, per layer: ``--samples`` and ``--n-grid`` set it.
 """
 
 from __future__ import annotations
@@ -46,10 +48,14 @@ ANSWERS = (
 def calibration_texts(tokenizer: object, count: int, seed: int) -> list[str]:
     """``count`` short chat-formatted conversations, deterministic for a given seed."""
     rng = random.Random(seed)
+    # Every (topic, question) pair once, shuffled, so a small sample still spans every
+    # question form rather than the first one only.
+    pairs = [(t, q) for q in QUESTIONS for t in TOPICS]
+    rng.shuffle(pairs)
     texts: list[str] = []
     for i in range(count):
-        topic = TOPICS[i % len(TOPICS)]
-        question = QUESTIONS[(i // len(TOPICS)) % len(QUESTIONS)].format(t=topic)
+        topic, form = pairs[i % len(pairs)]
+        question = form.format(t=topic)
         answer = rng.choice(ANSWERS).format(t=topic, T=topic[0].upper() + topic[1:])
         messages = [
             {"role": "system", "content": "You are a helpful assistant."},
@@ -94,15 +100,19 @@ def quantize(args: argparse.Namespace) -> None:
     torch.manual_seed(args.seed)
     started = time.monotonic()
     tokenizer = AutoTokenizer.from_pretrained(src)
-    # Calibrating in float32 is exact and, on CPUs without native bf16 (no AVX512-BF16
-    # or AMX), many times faster than bf16, which torch then emulates. The saved
-    # checkpoint is cast back to the source dtype, so what vLLM loads is the same.
-    dtype = getattr(torch, args.dtype)
+    # Calibrate in bf16 where the CPU computes it natively (AVX512-BF16 or AMX), else in
+    # float32: torch emulates bf16 there, several times slower (see
+    # bench/results/awq_prepare.md). The saved checkpoint is bf16 either way.
+    name = args.dtype
+    if name == "auto":
+        native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+        name = "bfloat16" if native else "float32"
+    dtype = getattr(torch, name)
     model = AutoModelForCausalLM.from_pretrained(src, dtype=dtype)
     texts = calibration_texts(tokenizer, samples, args.seed)
     tokens = sum(len(tokenizer(t)["input_ids"]) for t in texts)
     print(
-        f"calibration: {len(texts)} texts, {tokens} tokens, {args.scheme}, {args.dtype}, "
+        f"calibration: {len(texts)} texts, {tokens} tokens, {args.scheme}, {name}, "
         f"n_grid={args.n_grid}, duo_scaling={args.duo_scaling}, "
         f"threads={torch.get_num_threads()}",
         flush=True,
@@ -154,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-seq-length", type=int, default=512)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--scheme", choices=("w4a16", "w4a8"), default="w4a16")
-    parser.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16")
+    parser.add_argument("--dtype", choices=("auto", "bfloat16", "float32"), default="auto")
     parser.add_argument("--n-grid", type=int, default=20, help="AWQ scale search points")
     parser.add_argument("--duo-scaling", choices=("on", "off", "both"), default="on")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")

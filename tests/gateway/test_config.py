@@ -158,3 +158,28 @@ def test_url_list_loop_is_refused(tmp_path: Path) -> None:
     )
     with pytest.raises(ConfigError, match="gateway itself"):
         Settings.load(write(tmp_path, text))
+
+
+def test_the_ledger_defaults_to_the_users_data_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Any user can run the shipped config: nothing under /var, nothing in the checkout.
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    settings = Settings.load(Path("configs/tollgate.yaml"))
+    assert settings.ledger.url == f"sqlite:///{tmp_path}/data/tollgate/ledger.db"
+    assert settings.ledger.spill_dir == str(tmp_path / "data" / "tollgate" / "spill")
+    monkeypatch.delenv("XDG_DATA_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert Settings().ledger.url.endswith(f"{tmp_path}/home/.local/share/tollgate/ledger.db")
+
+
+def test_serve_says_where_the_ledger_is(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateway.cli import _where
+
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
+    assert _where(Settings()) == (
+        f"SQLite at {tmp_path}/tollgate/ledger.db, journal and spill files in "
+        f"{tmp_path}/tollgate/spill"
+    )
+    pg = Settings(ledger={"url": "postgresql://u:secret@db.example:5432/ledger"})
+    assert _where(pg) == "postgresql at db.example:5432/ledger"

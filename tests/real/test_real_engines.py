@@ -27,7 +27,10 @@ def test_chat_answers_for_real(client: openai.OpenAI, model: str) -> None:
     )
     resp = raw.parse()
     assert "Paris" in (resp.choices[0].message.content or "")
+    # Served by the tier asked for, by its own engine: a fallback can't pass for it.
     assert raw.headers["x-tollgate-tier"] == model
+    assert raw.headers["x-tollgate-engine"] == f"{model}-0"
+    assert "fallback" not in raw.headers["x-tollgate-route-reason"]
     assert resp.usage is not None and resp.usage.prompt_tokens > 5
     assert 0 < resp.usage.completion_tokens <= 20
 
