@@ -1,4 +1,4 @@
-"""Command line for the local engines: ``python -m engines prepare|up|down|status|logs``.
+"""Command line for the engines: ``python -m engines prepare|up|down|status|logs|plan|check-args``.
 
 ``app`` is a ``typer.Typer`` so the gateway's CLI can mount it as ``tollgate engines``.
 """
@@ -20,13 +20,15 @@ from rich.table import Table
 from engines.cache import CacheLayout
 from engines.errors import EngineError
 from engines.launcher import DEFAULT_GRACE, DEFAULT_TIMEOUT, EngineStatus, Launcher
+from engines.plan import plan_profile, table_rows
 from engines.prepare import TORCH_INDEX_ENV, Preparer
 from engines.profiles import Profile, load_profile, parse_port_option
 from engines.runner import ConsoleRunner, tail
+from engines.vllm_args import check_argvs, profile_argvs
 
 app = typer.Typer(
     name="engines",
-    help="Prepare, start and stop the local vLLM engines of a profile.",
+    help="Prepare, start and stop the local vLLM engines of a profile; size and check any.",
     no_args_is_help=True,
     add_completion=False,
 )
@@ -159,6 +161,55 @@ def logs(
     sys.stdout.write(tail(path, lines) + "\n")
     if follow:
         _follow(path)
+
+
+@app.command()
+def plan(
+    profile: Annotated[str, typer.Argument(help="Bundled profile name or a profile YAML path.")],
+) -> None:
+    """Size each engine per GPU: weights, KV per token, KV capacity, max concurrency.
+
+    Exits with code 1, saying why, when an engine does not fit its GPUs.
+    """
+    console = _console()
+    try:
+        loaded = _profile(profile)
+        plans = plan_profile(loaded)
+    except EngineError as exc:
+        raise _fail(console, exc) from exc
+    table = Table("", *(p.engine for p in plans), title=f"{loaded.name}: memory plan")
+    for label, cells in table_rows(plans):
+        table.add_row(label, *cells)
+    Console(width=max(Console().width, 120)).print(table)
+    misfits = [f"{p.engine}: {why}" for p in plans for why in p.problems]
+    if misfits:
+        console.print(f"[red]error:[/red] {escape(loaded.name)} does not fit:")
+        for line in misfits:
+            console.print(f"  {escape(line)}")
+        raise typer.Exit(code=1)
+
+
+@app.command("check-args")
+def check_args(
+    profiles: Annotated[list[str], typer.Argument(help="Profile names or YAML paths.")],
+) -> None:
+    """Parse each engine's argv with vLLM's own parser (from the engine venv)."""
+    console = _console()
+    try:
+        argvs: dict[str, list[str]] = {}
+        for name in profiles:
+            argvs.update(profile_argvs(_profile(name)))
+        verdicts = check_argvs(argvs)
+    except EngineError as exc:
+        raise _fail(console, exc) from exc
+    for name, why in verdicts.items():
+        console.print(
+            f"[green]ok[/green] {name}"
+            if why is None
+            else f"[red]refused[/red] {name}: {escape(why)}"
+        )
+    if any(why is not None for why in verdicts.values()):
+        raise typer.Exit(code=1)
 
 
 def _follow(path: Path) -> None:

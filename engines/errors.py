@@ -5,7 +5,8 @@ One hierarchy, so the CLI can turn any of them into a clear message and exit cod
     EngineError
      ├── ProfileError      a profile file is missing or invalid
      ├── PrepareError      a preparation step (install, model build) failed
-     └── LaunchError       an engine would not start, died, or timed out
+     ├── LaunchError       an engine would not start, died, or timed out
+     └── PlanError         a profile cannot be sized (unknown model or GPU)
 """
 
 from __future__ import annotations
@@ -25,3 +26,7 @@ class PrepareError(EngineError):
 
 class LaunchError(EngineError):
     """An engine process could not be started or did not become ready."""
+
+
+class PlanError(EngineError):
+    """The memory planner lacks a fact it needs: the model's architecture or the GPU's."""

@@ -39,6 +39,7 @@ import asyncio
 import base64
 import dataclasses
 import hashlib
+import hmac
 import os
 import socket
 import struct
@@ -92,6 +93,8 @@ class StandinConfig:
     embedding_dim: int = 32
     fault: Fault = NO_FAULT
     seed: int | None = None
+    #: Like vLLM's ``--api-key``: /v1 requests need ``Authorization: Bearer <key>``.
+    api_key: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("max_model_len", "max_num_seqs", "embedding_dim"):
@@ -606,9 +609,34 @@ class StandinEngine:
 class _StandinApp(Starlette):
     """Starlette that keeps the server's own `send` in the scope (see RAW_SEND)."""
 
+    api_key: bytes | None = None
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         scope[RAW_SEND] = send
+        if (
+            self.api_key is not None
+            and scope["type"] == "http"
+            and _unauthorized(scope, self.api_key)
+        ):
+            # vLLM's --api-key middleware: 401 on /v1 paths, health and metrics stay open
+            body = b'{"error":"Unauthorized"}'
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 401,
+                    "headers": [(b"content-type", b"application/json")],
+                }
+            )
+            await send({"type": "http.response.body", "body": body})
+            return
         await super().__call__(scope, receive, send)
+
+
+def _unauthorized(scope: Scope, key: bytes) -> bool:
+    if not str(scope.get("path", "")).startswith("/v1"):
+        return False
+    given = dict(scope.get("headers") or ()).get(b"authorization", b"")
+    return not hmac.compare_digest(given, b"Bearer " + key)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -631,6 +659,7 @@ def create_app(config: StandinConfig) -> Starlette:
         routes.append(Route("/v1/embeddings", engine.embeddings, methods=["POST"]))
     app = _StandinApp(routes=routes, exception_handlers={HTTPException: _http_error})
     app.state.engine = engine
+    app.api_key = config.api_key.encode() if config.api_key else None
     return app
 
 
@@ -659,6 +688,7 @@ def main(argv: list[str] | None = None) -> None:
     add("--embedding-dim", type=int, default=32)
     add("--fault", type=_fault_arg, default=NO_FAULT, help="e.g. error_5xx:503,count=3")
     add("--seed", type=int, help="seed for faults with a probability")
+    add("--api-key", help="require this Bearer token on /v1 (like vLLM's --api-key)")
     add("--log-level", default="warning")
     args = vars(parser.parse_args(argv))
     names = {f.name for f in dataclasses.fields(StandinConfig)}

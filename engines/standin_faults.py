@@ -331,6 +331,7 @@ class StandinProcess:
         embeddings: bool = False,
         fault: str | None = None,
         seed: int | None = None,
+        api_key: str | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
         startup_timeout: float = 20.0,
@@ -342,6 +343,7 @@ class StandinProcess:
         self.args += ["--embeddings"] if embeddings else []
         self.args += ["--fault", fault] if fault else []
         self.args += ["--seed", str(seed)] if seed is not None else []
+        self.args += ["--api-key", api_key] if api_key else []
         self._proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
 

@@ -30,6 +30,7 @@ from gateway.pipeline import Pipeline
 from gateway.pricing import PriceBook
 from gateway.quotas.base import QuotaStore
 from gateway.quotas.factory import build_quota_store
+from gateway.routing.discovery import EngineDiscovery, Resolver, resolve_dns
 from gateway.routing.health import Breakers, RetryBudget
 from gateway.routing.monitor import EngineMonitor
 from gateway.routing.pool import EnginePool
@@ -68,6 +69,7 @@ async def build_services(
     quotas: QuotaStore | None = None,
     recorder: Recorder | None = None,
     monitor: bool = True,
+    resolver: Resolver = resolve_dns,
 ) -> AsyncIterator[Services]:
     """Build every service once; tear them down in reverse order."""
     metrics = Metrics()
@@ -109,11 +111,9 @@ async def build_services(
     quota_status = getattr(pipeline.quotas, "status", None)
     if quota_status is not None:
         metrics.watch_quota_store(quota_status)
-    for engine in pool.engines.values():
-        metrics.engine_in_flight.labels(engine.name, engine.tier).set_function(
-            lambda e=engine: e.in_flight  # type: ignore[misc]
-        )
+    pool.subscribe(metrics.watch_engine)
     engine_monitor = EngineMonitor(pool, client, breakers, settings.routing.breaker)
+    discovery = EngineDiscovery(pool, client, breakers, settings.engines, resolver)
     svc = Services(
         settings=settings,
         pipeline=pipeline,
@@ -124,10 +124,13 @@ async def build_services(
         extra={
             "started_at": time.time(),
             "monitor": engine_monitor,
+            "discovery": discovery,
             "keys": keys,
             "ledger": ledger,
         },
     )
+    await discovery.refresh_once()  # before the first health check: DNS replicas exist
+    discovery.start()
     if monitor:
         await engine_monitor.check_once()
         engine_monitor.start()
@@ -141,6 +144,7 @@ async def build_services(
     finally:
         svc.draining = True
         lag_task.cancel()
+        await discovery.stop()
         await engine_monitor.stop()
         if shadow is not None:
             await shadow.drain(timeout=min(5.0, settings.server.drain_seconds))

@@ -40,6 +40,9 @@ class ServerSettings(_Section):
     #: Upper bound on max_tokens a client may ask for (and the default when absent).
     max_tokens_cap: int = Field(8192, ge=1)
     drain_seconds: float = Field(30.0, ge=0)
+    #: After SIGTERM, keep serving this long with readiness 503 (so load balancers stop
+    #: sending here) before the listener closes and the drain starts.
+    unready_seconds: float = Field(0.0, ge=0)
     keepalive_seconds: float = Field(15.0, gt=0)
     log_level: str = "INFO"
     access_log: bool = True
@@ -83,8 +86,19 @@ class AuthSettings(_Section):
 
 
 class EngineSettings(_Section):
+    """One configured engine entry: a single URL, a list of URLs, or a DNS name.
+
+    ``url`` alone is one engine. ``urls`` is one replica per URL (named ``NAME-0``,
+    ``NAME-1``...). ``discover: dns`` resolves ``url``'s host (a headless Service) to its
+    A/AAAA records every ``discover_interval_s``; each address becomes its own replica
+    (see :mod:`gateway.routing.discovery`). Replicas share every other field.
+    """
+
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
-    url: str
+    url: str | None = None
+    urls: list[str] = Field(default_factory=list)
+    discover: Literal["static", "dns"] = "static"
+    discover_interval_s: float = Field(10.0, gt=0)
     tier: str
     #: The model name the engine serves (``--served-model-name``).
     model: str
@@ -97,16 +111,47 @@ class EngineSettings(_Section):
     version: str | None = None
     embeddings: bool = False
     api_key: SecretStr | None = None
+    #: Environment variable holding the engine's ``--api-key`` (sent as a Bearer token);
+    #: read at load, so a missing secret fails at start.
+    api_key_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     #: Tokenizer folder (tokenizer.json) for exact prompt counting.
     tokenizer: str | None = None
     max_model_len: int | None = None
 
     @model_validator(mode="after")
     def _check_url(self) -> EngineSettings:
-        parts = urlsplit(self.url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"engine url must be http(s)://host:port, got {self.url!r}")
+        if (self.url is None) == (not self.urls):
+            raise ValueError("set exactly one of url (one engine or a DNS name) and urls")
+        if self.discover == "dns" and self.url is None:
+            raise ValueError("discover: dns needs url (http://headless-service:port)")
+        for url in self.all_urls:
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError(f"engine url must be http(s)://host:port, got {url!r}")
+        if self.api_key_env is not None:
+            if self.api_key is not None:
+                raise ValueError("set api_key_env or api_key, not both")
+            secret = os.environ.get(self.api_key_env)
+            if not secret:
+                raise ValueError(f"api_key_env: environment variable {self.api_key_env} is not set")
+            self.api_key = SecretStr(secret)
         return self
+
+    @property
+    def all_urls(self) -> list[str]:
+        return [self.url] if self.url is not None else list(self.urls)
+
+    def static_replicas(self) -> list[EngineSettings]:
+        """The engines this entry stands for without discovery (none for ``dns``)."""
+        if self.discover == "dns":
+            return []
+        if self.url is not None:
+            return [self]
+        return [self.replica(f"{self.name}-{i}", url) for i, url in enumerate(self.urls)]
+
+    def replica(self, name: str, url: str) -> EngineSettings:
+        """This entry's settings for one replica (same tier, model and limits)."""
+        return self.model_copy(update={"name": name, "url": url, "urls": [], "discover": "static"})
 
 
 class ModelSettings(_Section):
@@ -302,6 +347,7 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _cross_checks(self) -> Settings:
         names = [e.name for e in self.engines]
+        names += [r.name for e in self.engines if e.urls for r in e.static_replicas()]
         dupes = {n for n in names if names.count(n) > 1}
         if dupes:
             raise ValueError(f"engines: duplicate engine name(s) {sorted(dupes)}")
@@ -328,13 +374,22 @@ class Settings(BaseSettings):
                 raise ValueError(
                     f"routing.rollouts.{tier}.shadow.engine: unknown engine {shadow.engine!r}"
                 )
+            if shadow is not None and engines_by_name[shadow.engine].url is None:
+                raise ValueError(
+                    f"routing.rollouts.{tier}.shadow.engine: a shadow engine takes one url"
+                )
+            if shadow is not None and engines_by_name[shadow.engine].discover == "dns":
+                raise ValueError(
+                    f"routing.rollouts.{tier}.shadow.engine: a shadow engine takes one url"
+                )
         own = {(self.server.host, self.server.port), ("localhost", self.server.port)}
         if self.server.host in ("0.0.0.0", "127.0.0.1", "::"):
             own |= {("127.0.0.1", self.server.port), ("localhost", self.server.port)}
         for i, e in enumerate(self.engines):
-            parts = urlsplit(e.url)
-            if (parts.hostname, parts.port) in own:
-                raise ValueError(f"engines[{i}].url points at the gateway itself (a loop)")
+            for url in e.all_urls:
+                parts = urlsplit(url)
+                if (parts.hostname, parts.port) in own:
+                    raise ValueError(f"engines[{i}].url points at the gateway itself (a loop)")
         if self.quotas.reservation_ttl_s <= self.timeouts.total_s:
             raise ValueError(
                 "quotas.reservation_ttl_s must exceed timeouts.total_s "

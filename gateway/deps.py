@@ -21,7 +21,10 @@ class Services:
     pipeline: Pipeline
     metrics: Metrics
     extra: dict[str, Any]
+    #: Refusing new requests (SIGTERM, after ``server.unready_seconds``); readiness 503.
     draining: bool = False
+    #: SIGTERM received: readiness 503 while requests are still served.
+    stopping: bool = False
     #: Failed admin logins per client address (see :mod:`gateway.throttle`).
     admin_failures: FailedAttempts = field(default_factory=lambda: FailedAttempts(10, 300.0))
 

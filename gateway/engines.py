@@ -45,6 +45,8 @@ class Engine:
     #: Our own ``in_flight`` when the metrics were scraped (to correct them until the next).
     scraped_in_flight: int = 0
     healthy: bool = True
+    #: Gone from discovery: takes no new requests, finishes those it has.
+    retired: bool = False
     labels: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -61,7 +63,7 @@ class Engine:
 
     @property
     def url(self) -> str:
-        return self.settings.url.rstrip("/")
+        return (self.settings.url or "").rstrip("/")
 
 
 @dataclass(slots=True)
@@ -237,12 +239,12 @@ class UpstreamStream:
 class EngineClient:
     """Pooled HTTP sessions, one per engine. The only code that talks to engines.
 
-    Sessions are created lazily, inside the running loop, on first use.
+    Sessions are created lazily, inside the running loop, on first use, from the
+    engine's own settings (so replicas found by discovery need no registration here).
     """
 
     def __init__(self, engines: list[EngineSettings], timeouts: TimeoutSettings) -> None:
         self._timeouts = timeouts
-        self._settings = {e.name: e for e in engines}
         self._sessions: dict[str, aiohttp.ClientSession] = {}
         self._session_timeout = aiohttp.ClientTimeout(
             total=None,
@@ -254,7 +256,7 @@ class EngineClient:
     def _session(self, engine: Engine) -> aiohttp.ClientSession:
         session = self._sessions.get(engine.name)
         if session is None or session.closed:
-            e = self._settings[engine.name]
+            e = engine.settings
             headers = {"content-type": "application/json", "accept-encoding": "identity"}
             if e.api_key is not None:
                 headers["authorization"] = f"Bearer {e.api_key.get_secret_value()}"
@@ -339,6 +341,12 @@ class EngineClient:
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise translate_exception(engine, exc) from None
         return ProbeResponse(resp.status, body.decode("utf-8", "replace"))
+
+    async def forget(self, engine: Engine) -> None:
+        """Close a removed replica's connections."""
+        session = self._sessions.pop(engine.name, None)
+        if session is not None:
+            await session.close()
 
     async def aclose(self) -> None:
         sessions, self._sessions = list(self._sessions.values()), {}

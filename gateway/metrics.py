@@ -6,10 +6,14 @@ vocabularies, never from request data, so cardinality stays bounded.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+if TYPE_CHECKING:
+    from gateway.engines import Engine
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 TTFT_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -53,6 +57,12 @@ class Metrics:
         self.engine_in_flight = Gauge(
             "tollgate_engine_in_flight_requests",
             "In-flight requests per engine.",
+            ["engine", "tier"],
+            registry=r,
+        )
+        self.engine_up = Gauge(
+            "tollgate_engine_up",
+            "1 while an engine (one replica) takes traffic (breaker closed), else 0.",
             ["engine", "tier"],
             registry=r,
         )
@@ -121,6 +131,17 @@ class Metrics:
         self.quota_dropped_settlements.set_function(
             lambda: float(status().get("dropped_settlements", 0))
         )
+
+    def watch_engine(self, engine: Engine, added: bool) -> None:
+        """Per-engine gauges, read at scrape time; removed with the engine (discovery)."""
+        labels = (engine.name, engine.tier)
+        if not added:
+            for gauge in (self.engine_in_flight, self.engine_up):
+                with contextlib.suppress(KeyError):
+                    gauge.remove(*labels)
+            return
+        self.engine_in_flight.labels(*labels).set_function(lambda: engine.in_flight)
+        self.engine_up.labels(*labels).set_function(lambda: float(engine.healthy))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

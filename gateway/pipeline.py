@@ -609,15 +609,15 @@ class Pipeline:
         )
 
     def _default_reference(self) -> str | None:
-        large = self.pool.by_tier.get("large")
+        large = self.pool.entries_by_tier.get("large")
         if large:
-            return large[0].settings.price_model or large[0].model
+            return large[0].price_model or large[0].model
         return None
 
     def _price_model_of_tier(self, tier: str) -> str | None:
         best: tuple[Any, str] | None = None
-        for e in self.pool.by_tier.get(tier, ()):
-            pm = e.settings.price_model or e.model
+        for e in self.pool.entries_by_tier.get(tier, ()):
+            pm = e.price_model or e.model
             if self.prices.has(pm):
                 p = self.prices.price(pm)
                 key = (p.prompt + p.completion, pm)
@@ -627,16 +627,16 @@ class Pipeline:
 
     def _token_model(self, model: ModelSettings) -> str:
         tiers = self.router.reachable_tiers(model)
-        engines = self.pool.by_tier.get(tiers[0]) if tiers else None
-        return engines[0].model if engines else ""
+        entries = self.pool.entries_by_tier.get(tiers[0]) if tiers else None
+        return entries[0].model if entries else ""
 
     def _default_max_tokens(self, model: ModelSettings, prompt_tokens: int) -> int:
         cap = self._server.max_tokens_cap
         lens = [
-            e.settings.max_model_len
+            e.max_model_len
             for t in self.router.reachable_tiers(model)
-            for e in self.pool.by_tier.get(t, ())
-            if e.settings.max_model_len
+            for e in self.pool.entries_by_tier.get(t, ())
+            if e.max_model_len
         ]
         if lens:
             return max(1, min(cap, max(lens) - prompt_tokens))

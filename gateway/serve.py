@@ -7,6 +7,7 @@ import contextlib
 import os
 import signal
 import threading
+import time
 from collections.abc import Generator
 from typing import Any
 
@@ -26,20 +27,46 @@ def app_from_env() -> FastAPI:
 
 
 class DrainingServer(uvicorn.Server):
-    """Marks the app as draining (readiness 503, new requests refused) on SIGTERM.
+    """On SIGTERM: readiness 503 at once, then drain (new requests refused).
 
-    uvicorn then stops accepting, waits up to ``timeout_graceful_shutdown`` for in-flight
-    requests and streams, and runs the lifespan shutdown (ledger flush) before exiting 0.
+    For ``unready_seconds`` after the signal the gateway keeps serving while readiness
+    answers 503, so a load balancer stops sending here before the listener closes. Then
+    the app is marked draining, uvicorn stops accepting, waits up to
+    ``timeout_graceful_shutdown`` for in-flight requests and streams, and runs the
+    lifespan shutdown (ledger flush) before exiting 0. A second signal skips the wait.
     """
 
-    def handle_exit(self, sig: int, frame: Any) -> None:
+    def __init__(self, config: uvicorn.Config, unready_seconds: float = 0.0) -> None:
+        super().__init__(config)
+        self._unready_s = unready_seconds
+        self._drain_at: float | None = None
+
+    def _services(self) -> Any:
         app = self.config.loaded_app
         while app is not None and not isinstance(app, FastAPI):
             app = getattr(app, "app", None)
-        svc = getattr(getattr(app, "state", None), "services", None)
+        return getattr(getattr(app, "state", None), "services", None)
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        svc = self._services()
+        if svc is not None:
+            svc.stopping = True
+        if self._unready_s > 0 and self._drain_at is None:
+            self._drain_at = time.monotonic() + self._unready_s
+            return
+        self._drain(sig, frame)
+
+    def _drain(self, sig: int, frame: Any) -> None:
+        svc = self._services()
         if svc is not None:
             svc.draining = True
         super().handle_exit(sig, frame)
+
+    async def on_tick(self, counter: int) -> bool:
+        due = self._drain_at is not None and time.monotonic() >= self._drain_at
+        if due and not self.should_exit:
+            self._drain(signal.SIGTERM, None)
+        return await super().on_tick(counter)
 
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
@@ -85,7 +112,9 @@ def run(settings: Settings, config_path: str | None) -> None:
         )
         return
     app = create_app(settings)
-    server = DrainingServer(uvicorn.Config(app, **uvicorn_kwargs(settings)))
+    server = DrainingServer(
+        uvicorn.Config(app, **uvicorn_kwargs(settings)), settings.server.unready_seconds
+    )
     admin_app = app.state.admin_app
     if admin_app is None:
         server.run()

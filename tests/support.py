@@ -175,11 +175,17 @@ def serve_in_thread(settings: Settings, **overrides: Any) -> Iterator[RunningGat
 class GatewayProcess:
     """``tollgate serve -c CONFIG`` as a child process."""
 
-    def __init__(self, config_path: Path, port: int, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        config_path: Path,
+        port: int,
+        env: dict[str, str] | None = None,
+        log_dir: Path | None = None,
+    ) -> None:
         self.config_path = config_path
         self.port = port
         self.base_url = f"http://127.0.0.1:{port}"
-        self.log = config_path.parent / f"gateway-{port}.log"
+        self.log = (log_dir or config_path.parent) / f"gateway-{port}.log"
         self._env = {**os.environ, **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -225,3 +231,20 @@ class GatewayProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+#: The secrets compose and k8s hand the production gateway, as environment variables
+#: (deploy/docker-compose.yml, deploy/k8s/gateway.yaml); the values are placeholders.
+def production_env(
+    *,
+    redis_url: str = "redis://:redis-password@redis:6379/0",
+    ledger_url: str = "postgresql://tollgate:pg-password@postgres:5432/tollgate",
+    admin_token: str = "tg-prod-admin-token-0001",
+    engine_api_key: str = "engine-api-key-0001",
+) -> dict[str, str]:
+    return {
+        "TOLLGATE_AUTH__ADMIN_TOKEN": admin_token,
+        "TOLLGATE_QUOTAS__REDIS_URL": redis_url,
+        "TOLLGATE_LEDGER__URL": ledger_url,
+        "TOLLGATE_ENGINE_API_KEY": engine_api_key,
+    }

@@ -64,6 +64,8 @@ class EngineSpec(_Model):
     host: str = "127.0.0.1"
     port: Port
     gpus: Annotated[int, Field(ge=0)] = 0
+    #: The GPU model each of ``gpus`` is (``engines.plan.GPUS``), for the memory planner.
+    gpu: str | None = None
     args: tuple[str, ...] = ()
     env: dict[str, str] = Field(default_factory=dict)
 

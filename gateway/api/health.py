@@ -1,4 +1,12 @@
-"""Liveness, readiness and Prometheus metrics."""
+"""Liveness, readiness, per-engine health and Prometheus metrics.
+
+Probe design (Kubernetes): liveness is ``/health`` (the process answers; never depends
+on a backend), readiness is ``/health/ready``: 200 while every configured model can
+still be served, through fallback included, 503 while draining or when some model has
+no engine left at all. One engine (or a whole tier with a fallback) being down must not
+take every gateway pod out of its Service; that shows on ``/health/engines`` and in
+``tollgate_engine_up`` instead.
+"""
 
 from __future__ import annotations
 
@@ -19,15 +27,41 @@ async def health() -> dict[str, str]:
 @router.get("/health/ready")
 async def ready(request: Request) -> Response:
     svc = services(request)
-    pool = svc.pipeline.pool
-    engines = {
-        e.name: {"tier": e.tier, "healthy": e.healthy, "in_flight": e.in_flight}
-        for e in pool.engines.values()
+    routing = svc.pipeline.router
+    models = {m.name: routing.servable(m) for m in routing.public_models()}
+    unservable = sorted(name for name, ok in models.items() if not ok)
+    stopping = svc.draining or svc.stopping
+    ok = not stopping and not unservable
+    body = {
+        "status": "ready" if ok else "not_ready",
+        "draining": stopping,
+        "models": models,
+        "unservable": unservable,
     }
-    tiers_up = {t for t, es in pool.by_tier.items() if any(e.healthy for e in es)}
-    ok = not svc.draining and tiers_up == set(pool.by_tier)
-    body = {"status": "ready" if ok else "not_ready", "draining": svc.draining, "engines": engines}
     return JSONResponse(body, status_code=200 if ok else 503)
+
+
+@router.get("/health/engines")
+async def engines(request: Request) -> Response:
+    """Every engine replica's health, for operators (always 200)."""
+    pipeline = services(request).pipeline
+    pool, breakers = pipeline.pool, pipeline.breakers
+    rows = [
+        {
+            "name": e.name,
+            "tier": e.tier,
+            "model": e.model,
+            "healthy": e.healthy,
+            "breaker": breakers.describe(e),
+            "in_flight": e.in_flight,
+            "queue": pool.queue_depth(e),
+            "waiting": e.waiting,
+            "running": e.running,
+        }
+        for e in pool.engines.values()
+    ]
+    tiers = {tier: sum(1 for e in engines if e.healthy) for tier, engines in pool.by_tier.items()}
+    return JSONResponse({"engines": rows, "healthy_by_tier": tiers})
 
 
 @router.get("/metrics")

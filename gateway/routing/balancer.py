@@ -88,7 +88,8 @@ class Balancer:
         self._affinity = settings.prefix_affinity
         self._factor = settings.affinity_load_factor
         self._rng = rng or random.Random()
-        self._seeds = {name: stable_hash(name) for name in pool.engines}
+        #: Rendezvous seeds by engine name, filled as engines appear (discovery).
+        self._seeds: dict[str, int] = {}
         self._turn = 0
 
     def _outstanding(self, e: Engine) -> float:
@@ -130,7 +131,10 @@ class Balancer:
             w = e.settings.weight
             if w <= 0:
                 continue
-            u = (_mix(prefix ^ self._seeds[e.name]) + 1) / (_MASK + 2)
+            seed = self._seeds.get(e.name)
+            if seed is None:
+                seed = self._seeds[e.name] = stable_hash(e.name)
+            u = (_mix(prefix ^ seed) + 1) / (_MASK + 2)
             score = w / -math.log(u)
             if score > best_score:
                 best, best_score = e, score

@@ -59,6 +59,21 @@ class Breakers:
             st = self._state[engine.name] = BreakerState()
         return st
 
+    def forget(self, engine: Engine) -> None:
+        """Drop a removed replica's state."""
+        self._state.pop(engine.name, None)
+
+    def describe(self, engine: Engine) -> str:
+        """``closed``, ``open``, ``half_open`` (a probe may go) or ``ejected`` (health check)."""
+        if engine.healthy:
+            return "closed"
+        st = self.state(engine)
+        if st.by_health:
+            return "ejected"
+        if st.probing or self._clock() >= st.open_until:
+            return "half_open"
+        return "open"
+
     def available(self, engine: Engine) -> bool:
         """True if the engine may be ranked: closed, or due for a half-open probe."""
         if engine.healthy:

@@ -80,8 +80,8 @@ def _tiers(params: Mapping[str, Any]) -> tuple[str, str]:
 
 def _fits(pool: EnginePool, tier: str, tokens: int) -> bool:
     """Whether some engine of ``tier`` has a context long enough for ``tokens``."""
-    for e in pool.by_tier.get(tier, ()):
-        limit = e.settings.max_model_len
+    for e in pool.entries_by_tier.get(tier, ()):
+        limit = e.max_model_len
         if limit is None or tokens <= limit:
             return True
     return False

@@ -8,6 +8,11 @@ letting vLLM's own (unbounded) queue grow.
 The pool is also where load is read: :meth:`EnginePool.outstanding` is this gateway's
 exact count, :meth:`EnginePool.load` and :meth:`EnginePool.waiting` blend in the
 engine's own scraped ``/metrics`` (which also see other gateway replicas' requests).
+
+The set of engines may change at run time (:mod:`gateway.routing.discovery`):
+:meth:`EnginePool.add` and :meth:`EnginePool.retire` bump :attr:`EnginePool.generation`
+and tell the subscribers. A retired engine leaves the routing tables at once; requests
+already on it (or waiting for its slots) finish there.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import asyncio
 import collections
 import contextlib
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from gateway.config import EngineSettings
 from gateway.engines import Engine
@@ -43,18 +48,72 @@ class EnginePool:
     """All engines, by tier; the source of truth for in-flight counts."""
 
     def __init__(self, engines: Iterable[EngineSettings], *, metrics_stale_s: float = 5.0) -> None:
-        self.engines: dict[str, Engine] = {e.name: Engine(e) for e in engines}
+        #: The configured entries by tier (a tier found by DNS may have no engine yet).
+        self.entries_by_tier: dict[str, list[EngineSettings]] = {}
+        self.engines: dict[str, Engine] = {}
         self.by_tier: dict[str, list[Engine]] = {}
-        for engine in self.engines.values():
-            self.by_tier.setdefault(engine.tier, []).append(engine)
-        self._waiters: dict[str, collections.deque[asyncio.Future[None]]] = {
-            name: collections.deque() for name in self.engines
-        }
+        self._waiters: dict[str, collections.deque[asyncio.Future[None]]] = {}
+        #: Retired engines still finishing requests, by name.
+        self.retired: dict[str, Engine] = {}
+        self._subscribers: list[Callable[[Engine, bool], None]] = []
         self._stale_s = metrics_stale_s
+        #: Bumped whenever an engine is added or retired.
+        self.generation = 0
+        for entry in engines:
+            self.entries_by_tier.setdefault(entry.tier, []).append(entry)
+            self.by_tier.setdefault(entry.tier, [])
+            for settings in entry.static_replicas():
+                self.add(settings)
 
     @property
     def tiers(self) -> list[str]:
         return list(self.by_tier)
+
+    # ------------------------------------------------------------------ membership
+
+    def subscribe(self, callback: Callable[[Engine, bool], None]) -> None:
+        """Call ``callback(engine, added)`` for each engine now and on every change."""
+        self._subscribers.append(callback)
+        for engine in self.engines.values():
+            callback(engine, True)
+
+    def add(self, settings: EngineSettings) -> Engine:
+        """Start routing to an engine (a retired one of the same name comes back)."""
+        current = self.engines.get(settings.name)
+        if current is not None:
+            return current
+        engine = self.retired.pop(settings.name, None)
+        if engine is None:
+            engine = Engine(settings)
+            self._waiters[settings.name] = collections.deque()
+        engine.retired = False
+        self.engines[engine.name] = engine
+        self.by_tier.setdefault(engine.tier, []).append(engine)
+        self.generation += 1
+        for callback in self._subscribers:
+            callback(engine, True)
+        return engine
+
+    def retire(self, name: str) -> Engine | None:
+        """Stop routing to an engine; it finishes what it has (see :meth:`sweep`)."""
+        engine = self.engines.pop(name, None)
+        if engine is None:
+            return None
+        engine.retired = True
+        self.by_tier[engine.tier] = [e for e in self.by_tier[engine.tier] if e is not engine]
+        self.retired[name] = engine
+        self.generation += 1
+        for callback in self._subscribers:
+            callback(engine, False)
+        return engine
+
+    def sweep(self) -> list[Engine]:
+        """Forget retired engines that finished their requests; return them."""
+        done = [e for e in self.retired.values() if e.in_flight == 0 and not self._waiters[e.name]]
+        for engine in done:
+            del self.retired[engine.name]
+            del self._waiters[engine.name]
+        return done
 
     # ------------------------------------------------------------------ load
 

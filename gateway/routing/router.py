@@ -66,20 +66,32 @@ class Router:
             if rollout.shadow is not None and rollout.shadow.sample > 0:
                 engine = pool.engines[rollout.shadow.engine]
                 self._shadow[tier] = (engine, rollout.shadow.sample)
-        shadow_only = {r.shadow.engine for r in routing.rollouts.values() if r.shadow}
-        #: Engines that take regular traffic, by tier (shadow targets excluded).
-        self._serving: dict[str, list[Engine]] = {
-            tier: [e for e in engines if e.name not in shadow_only]
-            for tier, engines in pool.by_tier.items()
-        }
-        #: Tier → serves embeddings only (True) or generation (False).
+        self._shadow_only = {r.shadow.engine for r in routing.rollouts.values() if r.shadow}
+        #: Tier → serves embeddings only (True) or generation (False); from the config
+        #: entries, so a tier whose replicas are all gone keeps its kind.
         self._kinds = {
-            tier: all(e.settings.embeddings for e in engines)
-            for tier, engines in pool.by_tier.items()
+            tier: all(e.embeddings for e in entries)
+            for tier, entries in pool.entries_by_tier.items()
         }
+        self._serving: dict[str, list[Engine]] = {}
         self._rollouts: dict[str, TierRollout] = {}
+        self._generation = -1
+        self._sync()
+
+    def _sync(self) -> None:
+        """Rebuild the per-tier tables when the pool's engines changed (discovery)."""
+        if self._generation == self._pool.generation:
+            return
+        self._generation = self._pool.generation
+        rollouts = self._settings.routing.rollouts
+        #: Engines that take regular traffic, by tier (shadow targets excluded).
+        self._serving = {
+            tier: [e for e in engines if e.name not in self._shadow_only]
+            for tier, engines in self._pool.by_tier.items()
+        }
+        self._rollouts = {}
         for tier, engines in self._serving.items():
-            plan = TierRollout(tier, engines, routing.rollouts.get(tier))
+            plan = TierRollout(tier, engines, rollouts.get(tier))
             if plan.active:
                 self._rollouts[tier] = plan
 
@@ -109,6 +121,7 @@ class Router:
         return prefix_hash(raw, self._affinity_chars) if self._affinity_chars else 0
 
     def decide(self, model: ModelSettings, features: Features) -> RouteDecision:
+        self._sync()
         if model.auto:
             tier, reason = self._policy.choose(features, self._pool)
         else:
@@ -165,6 +178,20 @@ class Router:
         if self._fallback and fallback:
             tiers.append(fallback)
         return tiers
+
+    def servable(self, model: ModelSettings) -> bool:
+        """Whether a request for ``model`` can reach some engine now, fallback included.
+
+        ``auto`` without fallback needs every tier its policy may choose.
+        """
+        self._sync()
+        available = self._breakers.available
+        up = [
+            any(available(e) for e in self._serving.get(t, ())) for t in self.reachable_tiers(model)
+        ]
+        if model.auto and not self._fallback:
+            return bool(up) and all(up)
+        return any(up)
 
     def describe(self) -> dict[str, Any]:
         routing = self._settings.routing

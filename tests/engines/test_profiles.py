@@ -242,17 +242,27 @@ def test_gateway_config_points_at_the_engines_and_their_models() -> None:
         engine = load_profile(profile_name, environ={}).engines[0]
         entry = engines[engine.tier]
         assert entry["model"] == engine.served_model_name
-        assert entry["url"] == f"http://engine-{engine.tier}:{engine.port}"
+        # The tier's headless Service: the gateway discovers each pod as a replica.
+        assert entry["url"] == f"http://engine-{engine.tier}-headless:{engine.port}"
+        assert entry["discover"] == "dns"
+        services = {
+            d["metadata"]["name"]: d
+            for d in _k8s_docs(f"engine-{engine.tier}.yaml")
+            if d["kind"] == "Service"
+        }
+        headless = services[f"engine-{engine.tier}-headless"]["spec"]
+        assert headless["clusterIP"] == "None"
+        assert headless["ports"][0]["port"] == engine.port
         assert engine.served_model_name in priced
     assert config["quotas"]["backend"] == "redis"
 
 
-def test_gateway_deployment_scales_with_an_hpa() -> None:
+def test_gateway_deployment_scales_with_keda() -> None:
     docs = {d["kind"]: d for d in _k8s_docs("gateway.yaml")}
     assert docs["Deployment"]["spec"]["replicas"] >= 2
-    hpa = docs["HorizontalPodAutoscaler"]["spec"]
-    assert hpa["scaleTargetRef"]["name"] == docs["Deployment"]["metadata"]["name"]
-    assert hpa["minReplicas"] <= hpa["maxReplicas"]
+    scaler = docs["ScaledObject"]["spec"]  # KEDA creates and owns the HPA
+    assert scaler["scaleTargetRef"]["name"] == docs["Deployment"]["metadata"]["name"]
+    assert scaler["minReplicaCount"] <= scaler["maxReplicaCount"]
 
 
 def test_kustomization_lists_every_manifest() -> None:
@@ -260,7 +270,7 @@ def test_kustomization_lists_every_manifest() -> None:
     listed = set(kustomization["resources"])
     assert listed == {f"k8s/{p.name}" for p in (DEPLOY / "k8s").glob("*.yaml")}
     for generator in kustomization["configMapGenerator"]:
-        for file in generator["files"]:
+        for file in generator.get("files", []) + generator.get("envs", []):
             assert (DEPLOY / file).is_file(), file
 
 

@@ -185,6 +185,20 @@ async def test_app_runs_in_process_without_uvicorn() -> None:
     assert app.state.engine.hooks.stats.completed == 2
 
 
+async def test_api_key_guards_v1_like_vllm() -> None:
+    app = create_app(StandinConfig(model=MODEL, api_key="sekrit"))
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://standin") as http:
+        refused = await http.post("/v1/chat/completions", json=CHAT)
+        wrong = await http.get("/v1/models", headers={"authorization": "Bearer nope"})
+        ok = await http.get("/v1/models", headers={"authorization": "Bearer sekrit"})
+        health = await http.get("/health")
+        metrics = await http.get("/metrics")
+    assert (refused.status_code, refused.json()) == (401, {"error": "Unauthorized"})
+    assert wrong.status_code == 401 and ok.status_code == 200
+    assert health.status_code == 200 and metrics.status_code == 200  # open, as in vLLM
+
+
 # ---- wire format ------------------------------------------------------------------
 
 

@@ -102,6 +102,64 @@ def test_shipped_config_is_valid() -> None:
     assert {m.name for m in s.models} >= {"small", "large", "auto"}
 
 
+ENGINE_ENTRY = (
+    "engines:\n  - {name: s, tier: small, model: m, %s}\nmodels:\n  - {name: small, tier: small}\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ('url: "http://a:1", urls: ["http://b:1"]', "exactly one of url"),
+        ("discover: dns", "exactly one of url"),
+        ('urls: ["http://b:1"], discover: dns', "discover: dns needs url"),
+        ('urls: ["ftp://b:1"]', "must be http"),
+        ('url: "http://a:1", api_key_env: "9BAD"', "api_key_env"),
+        ('url: "http://a:1", api_key_env: TG_TEST_UNSET_KEY', "TG_TEST_UNSET_KEY is not set"),
+    ],
+)
+def test_engine_entry_errors(tmp_path: Path, fields: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        Settings.load(write(tmp_path, ENGINE_ENTRY % fields))
+
+
+def test_engine_api_key_from_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TG_TEST_ENGINE_KEY", "sekrit")
+    s = Settings.load(
+        write(tmp_path, ENGINE_ENTRY % 'url: "http://a:1", api_key_env: TG_TEST_ENGINE_KEY')
+    )
+    assert s.engines[0].api_key is not None
+    assert s.engines[0].api_key.get_secret_value() == "sekrit"
+    assert "sekrit" not in repr(s)
+    with pytest.raises(ConfigError, match="not both"):
+        Settings.load(
+            write(
+                tmp_path,
+                ENGINE_ENTRY % 'url: "http://a:1", api_key: x, api_key_env: TG_TEST_ENGINE_KEY',
+            )
+        )
+
+
+def test_url_list_names_must_not_clash(tmp_path: Path) -> None:
+    text = (
+        "engines:\n"
+        '  - {name: s, tier: small, model: m, urls: ["http://a:1", "http://b:1"]}\n'
+        '  - {name: s-1, tier: small, model: m, url: "http://c:1"}\n'
+    )
+    with pytest.raises(ConfigError, match="duplicate engine name"):
+        Settings.load(write(tmp_path, text))
+
+
+def test_url_list_loop_is_refused(tmp_path: Path) -> None:
+    text = (
+        "server: {host: 127.0.0.1, port: 8000}\n"
+        "engines:\n"
+        '  - {name: s, tier: small, model: m, urls: ["http://a:1", "http://127.0.0.1:8000"]}\n'
+    )
+    with pytest.raises(ConfigError, match="gateway itself"):
+        Settings.load(write(tmp_path, text))
+
+
 def test_the_ledger_defaults_to_the_users_data_directory(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

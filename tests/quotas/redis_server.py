@@ -23,7 +23,12 @@ class RedisServer:
     """One redis-server child process; ``stop``/``kill``/``start`` keep port and data."""
 
     def __init__(
-        self, data_dir: Path, port: int | None = None, *, appendfsync: str = "always"
+        self,
+        data_dir: Path,
+        port: int | None = None,
+        *,
+        appendfsync: str = "always",
+        password: str | None = None,
     ) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
@@ -34,11 +39,14 @@ class RedisServer:
         self.port = port or free_port()
         #: "always" for tests that kill the server; benchmarks use production's "everysec".
         self.appendfsync = appendfsync
+        #: ``requirepass``, as production runs it (None: no password).
+        self.password = password
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def start(self, timeout: float = 10.0) -> RedisServer:
         log = (self.dir / "redis.log").open("ab")
@@ -61,6 +69,7 @@ class RedisServer:
                 "no",
                 "--daemonize",
                 "no",
+                *(["--requirepass", self.password] if self.password else []),
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -72,7 +81,7 @@ class RedisServer:
             if self.proc.poll() is not None:
                 raise RuntimeError("redis-server exited:\n" + self.log_tail())
             with contextlib.suppress(redis.RedisError, OSError):
-                client = redis.Redis(port=self.port, socket_timeout=0.5)
+                client = redis.Redis(port=self.port, socket_timeout=0.5, password=self.password)
                 try:
                     if client.ping():
                         return self
@@ -111,7 +120,7 @@ class RedisServer:
         self.proc = None
 
     def client(self) -> redis.Redis:
-        return redis.Redis(port=self.port, socket_timeout=5)
+        return redis.Redis(port=self.port, socket_timeout=5, password=self.password)
 
     def log_tail(self) -> str:
         path = self.dir / "redis.log"
