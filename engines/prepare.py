@@ -135,8 +135,9 @@ class Preparer:
             plan: list[Recipe] = [venv]
             for choice in choices:
                 _add_with_dependencies(choice.recipe, plan)
-            for recipe in plan:
-                self._ensure(recipe)
+            for recipe in plan[1:]:
+                if not isinstance(recipe, VenvRecipe):  # the venvs are ready by now
+                    self._ensure(recipe)
         chosen = {c.engine: c.recipe for c in choices}
         models = {
             e.name: (str(self.folder(chosen[e.name])) if e.name in chosen else str(e.model.repo))
