@@ -31,7 +31,7 @@ from engines.artifacts import (
     write_stamp,
 )
 from engines.cache import CacheLayout
-from engines.cpu import CpuInfo, KernelProbe, Kernels
+from engines.cpu import CpuInfo, KernelProbe, Kernels, engine_env
 from engines.errors import PrepareError
 from engines.profiles import EngineSpec, Profile
 from engines.recipes import (
@@ -319,6 +319,10 @@ class Preparer:
         # The gateway's own venv must not leak into the engine and quantization venvs.
         for name in ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME"):
             env.pop(name, None)
+        if isinstance(recipe, ModelRecipe):
+            # Under TOLLGATE_CPU_ISA a model is built as that CPU would build it
+            # (quantize_awq.py's --dtype auto then calibrates in float32 on "AVX2").
+            env.update(engine_env(self._environ))
         label = f"{recipe.label}: {step}"
         (runner or self._runner).run(argv, label=label, log=self._log(recipe), env=env)
 

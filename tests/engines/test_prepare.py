@@ -518,3 +518,25 @@ def test_heartbeat_prints_progress_lines_only_when_not_on_a_terminal() -> None:
     tty = io.StringIO()
     Heartbeat(Console(file=tty, force_terminal=True), every=0.0).maybe("x", "y")
     assert tty.getvalue() == ""
+
+
+def test_under_isa_emulation_models_are_built_as_that_cpu_would(
+    layout: CacheLayout, runner: FakeRunner, profile: Profile
+) -> None:
+    preparer = Preparer(
+        layout,
+        runner,
+        Console(quiet=True),
+        base_python="/usr/bin/python3",
+        kernels=FakeProbe(KERNELS_AVX2),
+        background=runner,
+        environ={"TOLLGATE_CPU_ISA": "avx2", "PYTHONPATH": "/somewhere/else"},
+    )
+    preparer.prepare(profile)
+    by_script = {Path(c[1]).name: e for c, e in zip(runner.calls, runner.envs, strict=True)}
+    quantize = by_script["quantize_awq.py"]
+    assert quantize["TOLLGATE_CPU_ISA"] == "avx2"
+    assert quantize["ATEN_CPU_CAPABILITY"] == "avx2"
+    assert quantize["PYTHONPATH"].endswith("isa_emulation")
+    # Installing and verifying venvs is not emulated, and the caller's path never leaks.
+    assert "PYTHONPATH" not in by_script["verify_venv.py"]
