@@ -10,6 +10,7 @@ UV_VERSION="0.13.9"
 key="$( (cat requirements.lock; "$PY" --version; echo "uv=$UV_VERSION") | sha256sum | cut -c1-16)"
 venv="$CACHE/gateway-venv/$key"
 
+started=$(date +%s)
 if [ ! -f "$venv/.tollgate-ready" ]; then
   echo "==> creating the gateway virtualenv ($venv)"
   rm -rf "$venv"
@@ -24,4 +25,4 @@ fi
 if [ -L .venv ] || [ ! -e .venv ]; then
   ln -sfn "$venv" .venv
 fi
-echo "==> gateway virtualenv ready: .venv -> $venv"
+echo "==> gateway virtualenv ready in $(( $(date +%s) - started ))s: .venv -> $venv"
