@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 from rich.console import Console
@@ -120,15 +121,18 @@ class FakeProbe:
         return self.kernels
 
 
-def make_preparer(layout: CacheLayout, runner: FakeRunner, kernels: Kernels) -> Preparer:
+def make_preparer(
+    layout: CacheLayout, runner: FakeRunner, kernels: Kernels, **options: Any
+) -> Preparer:
+    """A preparer on the fake runner and probe; ``options`` go to ``Preparer``."""
+    settings: dict[str, Any] = {"base_python": "/usr/bin/python3", "cpu": AVX512, **options}
     return Preparer(
         layout,
         runner,
         Console(quiet=True),
-        base_python="/usr/bin/python3",
-        cpu=AVX512,
         kernels=FakeProbe(kernels),
         background=runner,
+        **settings,
     )
 
 
@@ -440,13 +444,8 @@ def test_a_venv_that_exists_but_fails_verification_is_rebuilt(
 def test_torch_index_goes_only_to_the_torch_install(
     layout: CacheLayout, runner: FakeRunner, profile: Profile
 ) -> None:
-    preparer = Preparer(
-        layout,
-        runner,
-        Console(quiet=True),
-        torch_index_url="https://example.invalid/cpu",
-        kernels=FakeProbe(KERNELS_AVX512),
-        background=runner,
+    preparer = make_preparer(
+        layout, runner, KERNELS_AVX512, torch_index_url="https://example.invalid/cpu"
     )
     preparer.prepare(profile)
     with_index = [c for c in runner.pip_installs() if "--extra-index-url" in c]
@@ -523,15 +522,8 @@ def test_heartbeat_prints_progress_lines_only_when_not_on_a_terminal() -> None:
 def test_under_isa_emulation_models_are_built_as_that_cpu_would(
     layout: CacheLayout, runner: FakeRunner, profile: Profile
 ) -> None:
-    preparer = Preparer(
-        layout,
-        runner,
-        Console(quiet=True),
-        base_python="/usr/bin/python3",
-        kernels=FakeProbe(KERNELS_AVX2),
-        background=runner,
-        environ={"TOLLGATE_CPU_ISA": "avx2", "PYTHONPATH": "/somewhere/else"},
-    )
+    environ = {"TOLLGATE_CPU_ISA": "avx2", "PYTHONPATH": "/somewhere/else"}
+    preparer = make_preparer(layout, runner, KERNELS_AVX2, cpu=None, environ=environ)
     preparer.prepare(profile)
     by_script = {Path(c[1]).name: e for c, e in zip(runner.calls, runner.envs, strict=True)}
     quantize = by_script["quantize_awq.py"]
