@@ -13,7 +13,14 @@ import enum
 from typing import Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    ValidationError,
+    field_validator,
+)
 
 from gateway.errors import ForbiddenFieldError, InvalidRequestError
 
@@ -68,10 +75,10 @@ class _Sampling(OpenAIModel):
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
     logit_bias: dict[str, float] | None = None
     logprobs: bool | int | None = None
-    max_tokens: int | None = Field(None, ge=1)
-    n: int | None = Field(None, ge=1)
+    max_tokens: StrictInt | None = Field(None, ge=1)
+    n: StrictInt | None = Field(None, ge=1)
     presence_penalty: float | None = Field(None, ge=-2, le=2)
-    seed: int | None = None
+    seed: StrictInt | None = None
     stop: str | list[str] | None = None
     stream: bool | None = False
     stream_options: StreamOptions | None = None
@@ -82,8 +89,8 @@ class _Sampling(OpenAIModel):
 
 class ChatCompletionRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
-    top_logprobs: int | None = Field(None, ge=0, le=20)
+    max_completion_tokens: StrictInt | None = Field(None, ge=1)
+    top_logprobs: StrictInt | None = Field(None, ge=0, le=20)
     response_format: dict[str, Any] | None = None
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
@@ -94,7 +101,7 @@ class CompletionRequest(_Sampling):
     prompt: str | list[str] | list[int] | list[list[int]]
     echo: bool | None = None
     suffix: str | None = None
-    best_of: int | None = Field(None, ge=1)
+    best_of: StrictInt | None = Field(None, ge=1)
 
     @field_validator("prompt")
     @classmethod
@@ -193,6 +200,8 @@ def parse_request(
             f"Too many messages: {len(messages)} (limit {max_messages}).", param="messages"
         )
     n = raw.get("n") or 1
+    if not isinstance(n, int) or isinstance(n, bool):  # endpoints whose model has no n
+        raise InvalidRequestError("Invalid value for 'n': it must be an integer.", param="n")
     if n > max_n:
         raise InvalidRequestError(f"n={n} is above the limit of {max_n}.", param="n")
     return ParsedRequest(endpoint, raw, typed)

@@ -11,6 +11,7 @@ import time
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
+from gateway.auth import Principal
 from gateway.deps import services
 from gateway.errors import NotFoundError, PayloadTooLargeError, ServiceUnavailableError
 from gateway.protocol import Endpoint
@@ -104,10 +105,12 @@ def _model_card(name: str, created: int) -> dict[str, object]:
 @router.get("/models")
 async def list_models(request: Request) -> dict[str, object]:
     svc = services(request)
-    await _authenticate(request)
+    principal = await _authenticate(request)
     created = int(svc.extra.get("started_at", time.time()))
     data = []
     for m in svc.settings.models:
+        if principal.models is not None and m.name not in principal.models:
+            continue  # only what this key may use
         for name in (m.name, *m.aliases):
             data.append(_model_card(name, created))
     return {"object": "list", "data": data}
@@ -116,17 +119,19 @@ async def list_models(request: Request) -> dict[str, object]:
 @router.get("/models/{model_id:path}")
 async def get_model(model_id: str, request: Request) -> dict[str, object]:
     svc = services(request)
-    await _authenticate(request)
+    principal = await _authenticate(request)
     created = int(svc.extra.get("started_at", time.time()))
     for m in svc.settings.models:
         if model_id == m.name or model_id in m.aliases:
+            principal.check_model(m.name)
             return _model_card(model_id, created)
     raise NotFoundError(f"The model '{model_id}' does not exist.", param="model")
 
 
-async def _authenticate(request: Request) -> None:
+async def _authenticate(request: Request) -> Principal:
     from gateway.auth import bearer_token
 
     request_id(request)
     pipeline = services(request).pipeline
-    await pipeline.authenticator.authenticate(bearer_token(request.headers.get("authorization")))
+    header = request.headers.get("authorization")
+    return await pipeline.authenticator.authenticate(bearer_token(header))

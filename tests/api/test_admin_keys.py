@@ -138,6 +138,18 @@ def test_models_outside_the_key_scope_are_403(admin: httpx.Client, gateway: Runn
         client.chat.completions.create(model="large", messages=MSGS, max_tokens=1)
 
 
+def test_models_lists_only_what_the_key_may_use(
+    admin: httpx.Client, gateway: RunningGateway
+) -> None:
+    scoped = client_for(gateway, new_key(admin, models=["small"])["key"])
+    assert [m.id for m in scoped.models.list()] == ["small"]
+    assert scoped.models.retrieve("small").id == "small"
+    with pytest.raises(openai.PermissionDeniedError):
+        scoped.models.retrieve("large")
+    unscoped = client_for(gateway, new_key(admin)["key"])
+    assert {"small", "large"} <= {m.id for m in unscoped.models.list()}
+
+
 def test_update_takes_effect_at_once(admin: httpx.Client, gateway: RunningGateway) -> None:
     created = new_key(admin, limits={"concurrency": 0})
     client = client_for(gateway, created["key"])

@@ -97,3 +97,29 @@ def test_stream_flags() -> None:
     assert req.stream and not req.client_wants_usage  # type: ignore[attr-defined]
     req = parse({**CHAT, "max_completion_tokens": 7})
     assert req.requested_max_tokens == 7  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "body", "param"),
+    [
+        (Endpoint.CHAT, {"n": "2"}, "n"),
+        (Endpoint.CHAT, {"n": True}, "n"),
+        (Endpoint.CHAT, {"max_tokens": "16"}, "max_tokens"),
+        (Endpoint.CHAT, {"max_completion_tokens": 1.5}, "max_completion_tokens"),
+        (Endpoint.CHAT, {"seed": "7"}, "seed"),
+        (Endpoint.COMPLETIONS, {"best_of": "2"}, "best_of"),
+        (Endpoint.EMBEDDINGS, {"n": "2"}, "n"),
+    ],
+)
+def test_integers_given_as_strings_are_a_400_naming_the_field(
+    endpoint: Endpoint, body: dict[str, object], param: str
+) -> None:
+    # They used to pass validation by coercion and then fail a comparison: a 500.
+    base: dict[str, object] = {
+        Endpoint.CHAT: {"model": "m", "messages": [{"role": "user", "content": "hi"}]},
+        Endpoint.COMPLETIONS: {"model": "m", "prompt": "hi"},
+        Endpoint.EMBEDDINGS: {"model": "m", "input": "hi"},
+    }[endpoint]
+    with pytest.raises(InvalidRequestError) as info:
+        parse_request(endpoint, orjson.dumps({**base, **body}), max_messages=10, max_n=4)
+    assert info.value.param == param
