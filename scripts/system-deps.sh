@@ -9,6 +9,8 @@
 # PostgreSQL, Prometheus) are stopped again: the tests start their own on free ports.
 set -euo pipefail
 
+# ldconfig lives in /sbin, which a normal user's PATH often lacks.
+export PATH="$PATH:/usr/sbin:/sbin"
 mode="${1:-test}"
 case "$mode" in run|test) ;; *) echo "usage: $0 run|test" >&2; exit 2 ;; esac
 
