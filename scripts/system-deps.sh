@@ -20,7 +20,7 @@ need() {  # need PACKAGE CHECK...: the package is missing unless the check succe
   if ! "$@" >/dev/null 2>&1; then missing+=("$package"); fi
 }
 have() { command -v "$1"; }
-have_lib() { ldconfig -p | grep -q "$1"; }
+have_lib() { ldconfig -p | grep "$1" >/dev/null; }  # no -q: an early exit would SIGPIPE ldconfig under pipefail
 have_glob() { compgen -G "$1"; }
 
 need libnuma1 have_lib 'libnuma\.so\.1'
