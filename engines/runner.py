@@ -8,6 +8,7 @@ fake that records the commands instead.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import threading
@@ -139,30 +140,24 @@ class ConsoleRunner:
 
         reader = threading.Thread(target=pump, daemon=True)
         reader.start()
-        if not self._live:
-            beat = Heartbeat(self._console, always=True)
+        with contextlib.ExitStack() as stack:
+            progress: Progress | None = None
+            if self._live:
+                columns = (
+                    SpinnerColumn(),
+                    TextColumn("{task.description}"),
+                    TimeElapsedColumn(),
+                    TextColumn("[dim]{task.fields[last]}"),
+                )
+                progress = stack.enter_context(
+                    Progress(*columns, console=self._console, transient=True)
+                )
+                task = progress.add_task(escape(label), last="")
+            beat = Heartbeat(self._console, always=not self._live)
             try:
                 while proc.poll() is None:
-                    beat.maybe(label, last[0])
-                    time.sleep(0.25)
-            except BaseException:
-                proc.terminate()
-                proc.wait()
-                raise
-            reader.join(timeout=5)
-            return proc.returncode
-        columns = (
-            SpinnerColumn(),
-            TextColumn("{task.description}"),
-            TimeElapsedColumn(),
-            TextColumn("[dim]{task.fields[last]}"),
-        )
-        with Progress(*columns, console=self._console, transient=True) as progress:
-            task = progress.add_task(escape(label), last="")
-            beat = Heartbeat(self._console)
-            try:
-                while proc.poll() is None:
-                    progress.update(task, last=escape(last[0][-90:]))
+                    if progress is not None:
+                        progress.update(task, last=escape(last[0][-90:]))
                     beat.maybe(label, last[0])
                     time.sleep(0.25)
             except BaseException:
