@@ -17,7 +17,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -248,3 +248,18 @@ def production_env(
         "TOLLGATE_LEDGER__URL": ledger_url,
         "TOLLGATE_ENGINE_API_KEY": engine_api_key,
     }
+
+
+def wait_for(check: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Poll ``check`` until it holds; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.05)
+
+
+def engines_health(gw: RunningGateway) -> dict[str, dict[str, object]]:
+    """``GET /health/engines``, keyed by engine replica name."""
+    rows = httpx.get(gw.base_url + "/health/engines", timeout=5).json()["engines"]
+    return {row["name"]: row for row in rows}

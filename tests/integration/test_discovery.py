@@ -8,8 +8,7 @@ and go with the records, and every engine request carries the engine API key.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import httpx
@@ -19,7 +18,14 @@ from openai.types.chat import ChatCompletionMessageParam
 
 from engines.standin import StandinProcess
 from gateway.config import Settings
-from tests.support import CLIENT_KEY, EngineSpec, RunningGateway, gateway_config, serve_in_thread
+from tests.support import (
+    CLIENT_KEY,
+    EngineSpec,
+    engines_health,
+    gateway_config,
+    serve_in_thread,
+    wait_for,
+)
 
 ENGINE_KEY = "engine-key-for-tests-0001"
 HEADLESS = "engine-small-headless"
@@ -34,19 +40,6 @@ class Records:
 
     async def __call__(self, host: str, port: int) -> Sequence[tuple[str, int]]:
         return list(self.addresses[host])
-
-
-def wait_for(check: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.05)
-
-
-def health(gw: RunningGateway) -> dict[str, dict[str, object]]:
-    rows = httpx.get(gw.base_url + "/health/engines", timeout=5).json()["engines"]
-    return {row["name"]: row for row in rows}
 
 
 def received(p: StandinProcess) -> int:
@@ -81,7 +74,7 @@ def test_replicas_behind_one_name(
     cfg = gateway_config(tmp_path, [spec])
     with serve_in_thread(Settings(**cfg), resolver=records) as gw:
         client = openai.OpenAI(base_url=gw.v1, api_key=CLIENT_KEY, max_retries=0, timeout=30)
-        assert set(health(gw)) == {replica(p) for p in (first, second, third)}
+        assert set(engines_health(gw)) == {replica(p) for p in (first, second, third)}
         for _ in range(30):
             client.chat.completions.create(model="small", messages=MESSAGES, max_tokens=2)
         counts = [received(p) for p in (first, second, third)]
@@ -99,8 +92,8 @@ def test_replicas_behind_one_name(
         second.stop()
         for _ in range(20):
             client.chat.completions.create(model="small", messages=MESSAGES, max_tokens=2)
-        wait_for(lambda: health(gw)[replica(second)]["healthy"] is False)
-        rows = health(gw)
+        wait_for(lambda: engines_health(gw)[replica(second)]["healthy"] is False)
+        rows = engines_health(gw)
         assert rows[replica(second)]["breaker"] in ("open", "ejected")
         assert rows[replica(first)]["healthy"] is True and rows[replica(third)]["healthy"]
         before = [received(p) for p in (first, third)]
@@ -111,8 +104,8 @@ def test_replicas_behind_one_name(
 
         # The records change: the dead pod leaves, a new one joins and takes traffic.
         records.addresses[HEADLESS] = [("127.0.0.1", p.port) for p in (first, third, later)]
-        wait_for(lambda: set(health(gw)) == {replica(p) for p in (first, third, later)})
-        wait_for(lambda: health(gw)[replica(later)]["healthy"] is True)
+        wait_for(lambda: set(engines_health(gw)) == {replica(p) for p in (first, third, later)})
+        wait_for(lambda: engines_health(gw)[replica(later)]["healthy"] is True)
         for _ in range(15):
             client.chat.completions.create(model="small", messages=MESSAGES, max_tokens=2)
         assert received(later) >= 3

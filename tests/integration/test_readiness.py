@@ -9,8 +9,7 @@ the gateway shuts down. Per-engine health is on /health/engines and in
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -25,26 +24,15 @@ from tests.support import (
     EngineSpec,
     GatewayProcess,
     RunningGateway,
+    engines_health,
     free_port,
     gateway_config,
     serve_in_thread,
+    wait_for,
     write_config,
 )
 
 MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
-
-
-def wait_for(check: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.05)
-
-
-def engines_health(gw: RunningGateway) -> dict[str, dict[str, object]]:
-    rows = httpx.get(gw.base_url + "/health/engines", timeout=5).json()["engines"]
-    return {row["name"]: row for row in rows}
 
 
 def engine_up(gw: RunningGateway, name: str, tier: str) -> float:
