@@ -29,6 +29,8 @@ def bare_path() -> Iterator[str]:
             found = shutil.which(tool) or shutil.which(tool, path="/usr/sbin:/sbin")
             assert found, tool
             (Path(folder) / tool).symlink_to(found)
+        # The checkout may sit in a folder only root can enter (a CI clone in mktemp -d).
+        shutil.copy(SCRIPT, Path(folder) / SCRIPT.name)
         yield folder
 
 
@@ -36,8 +38,9 @@ def _run_as_nobody(mode: str, path: str) -> subprocess.CompletedProcess[str]:
     env = {"PATH": path, "HOME": "/nonexistent"}
     setpriv = shutil.which("setpriv") or "/usr/bin/setpriv"
     argv = [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups"]
+    script = str(Path(path) / SCRIPT.name)
     return subprocess.run(
-        [*argv, "bash", str(SCRIPT), mode], env=env, capture_output=True, text=True, timeout=30
+        [*argv, "bash", script, mode], env=env, capture_output=True, text=True, timeout=30
     )
 
 
