@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from gateway.config import Settings
+from gateway.routing.features import Features
 from gateway.routing.health import Breakers
-from gateway.routing.policies import Features
 from gateway.routing.pool import EnginePool
 from gateway.routing.router import Router
 

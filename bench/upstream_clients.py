@@ -9,7 +9,7 @@ streaming), closed-loop workers drive:
   was before this comparison (its timeouts, status handling and SSE parsing);
 * ``aiohttp``: a ``ClientSession`` + ``TCPConnector`` doing the same work (the same
   timeouts, status check and the gateway's ``SSEReader`` on the stream);
-* ``gateway``: the gateway's own :class:`gateway.engines.EngineClient` as it is now
+* ``gateway``: the gateway's own :class:`gateway.upstream.client.AiohttpTransport` as it is now
   (aiohttp-based since this comparison), to check it stays as cheap as bare aiohttp;
 * ``httpx2``: pydantic's fork of httpx (installed with ``openai``), whose reworked
   connection pool targets exactly the per-request pool scan, with the same settings;
@@ -42,8 +42,10 @@ from bench import machine
 from bench.loadgen import ConnectionPool, Target, fetch
 from engines.standin import StandinProcess
 from gateway.config import EngineSettings, TimeoutSettings
-from gateway.engines import Engine, EngineClient, SSEReader
 from gateway.protocol import Endpoint
+from gateway.upstream.client import AiohttpTransport
+from gateway.upstream.engine import Engine
+from gateway.upstream.sse import SSEReader
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -86,13 +88,13 @@ def body(stream: bool, max_tokens: int) -> bytes:
 async def gateway_client(
     url: str, concurrency: int, stream: bool, max_tokens: int
 ) -> AsyncIterator[Call]:
-    """The gateway's EngineClient, configured as the gateway configures it."""
+    """The gateway's AiohttpTransport, configured as the gateway configures it."""
     settings = EngineSettings.model_validate(
         {"name": "bench", "url": url, "tier": "small", "model": MODEL,
          "max_concurrency": max(64, concurrency)}
     )  # fmt: skip
     timeouts = TimeoutSettings.model_validate({})
-    client = EngineClient([settings], timeouts)
+    client = AiohttpTransport(timeouts)
     engine = Engine(settings)
     payload = body(stream, max_tokens)
 
@@ -120,7 +122,7 @@ async def gateway_client(
 async def aiohttp_client(
     url: str, concurrency: int, stream: bool, max_tokens: int
 ) -> AsyncIterator[Call]:
-    """aiohttp doing what EngineClient does: timeouts, status check, SSE parsing."""
+    """aiohttp doing what AiohttpTransport does: timeouts, status check, SSE parsing."""
     import aiohttp
 
     t = TimeoutSettings.model_validate({})

@@ -19,25 +19,30 @@ from starlette.responses import Response
 from gateway.api import admin, admin_keys, admin_reports, health, openai
 from gateway.auth import Authenticator, Limits, Principal, StaticKeyAuthenticator, key_prefix
 from gateway.config import Settings
-from gateway.deps import Services
-from gateway.engines import Engine, EngineClient
 from gateway.errors import GatewayError, InternalError, InvalidRequestError, NotFoundError
 from gateway.keys import ChainAuthenticator, open_key_services
 from gateway.ledger.record import NullRecorder, Recorder
 from gateway.ledger.service import Ledger
 from gateway.metrics import Metrics
-from gateway.pipeline import Pipeline
 from gateway.pricing import PriceBook
 from gateway.quotas.base import QuotaStore
 from gateway.quotas.factory import build_quota_store
+from gateway.request.admission import Admission
+from gateway.request.forward import Forwarder
+from gateway.request.metering import Meter
+from gateway.request.observe import Observer
+from gateway.request.pipeline import Pipeline
+from gateway.request.shadow import ShadowRunner
 from gateway.routing.discovery import EngineDiscovery, Resolver, resolve_dns
 from gateway.routing.health import Breakers, RetryBudget
 from gateway.routing.monitor import EngineMonitor
 from gateway.routing.pool import EnginePool
-from gateway.routing.rollout import ShadowRunner
 from gateway.routing.router import Router
+from gateway.services import Services
 from gateway.throttle import FailedAttempts
 from gateway.tokens import TokenCounter
+from gateway.upstream.client import AiohttpTransport
+from gateway.upstream.transport import Transport
 
 log = logging.getLogger(__name__)
 
@@ -70,14 +75,15 @@ async def build_services(
     recorder: Recorder | None = None,
     monitor: bool = True,
     resolver: Resolver = resolve_dns,
+    transport: Transport | None = None,
 ) -> AsyncIterator[Services]:
     """Build every service once; tear them down in reverse order."""
     metrics = Metrics()
     pool = EnginePool(settings.engines, metrics_stale_s=settings.routing.breaker.metrics_stale_s)
     breakers = Breakers(settings.routing.breaker)
-    client = EngineClient(settings.engines, settings.timeouts)
+    transport = transport or AiohttpTransport(settings.timeouts)
     router = Router(settings, pool, breakers)
-    prices = PriceBook.load(settings.pricing.file)
+    meter = Meter(PriceBook.load(settings.pricing.file), pool.entries_by_tier)
     tokens = TokenCounter({e.model: e.tokenizer for e in settings.engines})
     # Before the quota store: opening replays spilled records, so the spend it rebuilds
     # from the ledger includes them.
@@ -87,47 +93,65 @@ async def build_services(
         else None
     )
     recorder = recorder or (ledger.writer if ledger is not None else NullRecorder())
-    shadow = shadow_runner(settings, pool, client, recorder, prices, metrics)
+    shadow = shadow_runner(settings, pool, transport, recorder, meter, metrics)
     keys = open_key_services(settings)
     authenticator: Authenticator = static_authenticator(settings)
     if keys is not None:
         authenticator = ChainAuthenticator(authenticator, keys.authenticator)
+    quotas = quotas or await build_quota_store(settings)
     pipeline = Pipeline(
         settings=settings,
         authenticator=authenticator,
-        quotas=quotas or await build_quota_store(settings),
+        admission=Admission(
+            server=settings.server,
+            router=router,
+            pool=pool,
+            tokens=tokens,
+            meter=meter,
+            quotas=quotas,
+        ),
         router=router,
-        pool=pool,
-        client=client,
-        breakers=breakers,
-        retry_budget=RetryBudget(settings.routing.retries),
+        forwarder=Forwarder(
+            pool=pool,
+            breakers=breakers,
+            retry_budget=RetryBudget(settings.routing.retries),
+            retries=settings.routing.retries,
+            metrics=metrics,
+        ),
+        transport=transport,
+        quotas=quotas,
+        meter=meter,
         tokens=tokens,
-        prices=prices,
         recorder=recorder,
-        metrics=metrics,
+        observer=Observer(metrics, access_log=settings.server.access_log),
         shadow=shadow,
     )
     metrics.in_flight.set_function(lambda: pipeline.active)
-    quota_status = getattr(pipeline.quotas, "status", None)
+    quota_status = getattr(quotas, "status", None)
     if quota_status is not None:
         metrics.watch_quota_store(quota_status)
     pool.subscribe(metrics.watch_engine)
-    engine_monitor = EngineMonitor(pool, client, breakers, settings.routing.breaker)
-    discovery = EngineDiscovery(pool, client, breakers, settings.engines, resolver)
+    engine_monitor = EngineMonitor(pool, transport, breakers, settings.routing.breaker)
+    discovery = EngineDiscovery(pool, transport, breakers, settings.engines, resolver)
     svc = Services(
         settings=settings,
         pipeline=pipeline,
         metrics=metrics,
+        authenticator=authenticator,
+        quotas=quotas,
+        router=router,
+        pool=pool,
+        breakers=breakers,
+        transport=transport,
+        tokens=tokens,
+        monitor=engine_monitor,
+        discovery=discovery,
+        ledger=ledger,
+        keys=keys,
+        started_at=time.time(),
         admin_failures=FailedAttempts(
             settings.auth.admin_max_failures, settings.auth.admin_lockout_s
         ),
-        extra={
-            "started_at": time.time(),
-            "monitor": engine_monitor,
-            "discovery": discovery,
-            "keys": keys,
-            "ledger": ledger,
-        },
     )
     await discovery.refresh_once()  # before the first health check: DNS replicas exist
     discovery.start()
@@ -150,8 +174,8 @@ async def build_services(
             await shadow.drain(timeout=min(5.0, settings.server.drain_seconds))
         if ledger is not None:  # after the drain: every finished request is recorded
             await ledger.aclose()
-        await pipeline.quotas.aclose()
-        await client.aclose()
+        await quotas.aclose()
+        await transport.aclose()
         if keys is not None:
             keys.close()
 
@@ -168,33 +192,21 @@ async def _measure_loop_lag(metrics: Metrics, interval: float = 0.25) -> None:
 def shadow_runner(
     settings: Settings,
     pool: EnginePool,
-    client: EngineClient,
+    transport: Transport,
     recorder: Recorder,
-    prices: PriceBook,
+    meter: Meter,
     metrics: Metrics,
 ) -> ShadowRunner | None:
     """The shadow-traffic runner, when some tier's rollout mirrors requests."""
     shadows = {t: r.shadow for t, r in settings.routing.rollouts.items() if r.shadow}
     if not shadows:
         return None
-
-    def cost_of(engine: Engine, usage: dict[str, Any]) -> tuple[int, str]:
-        model = engine.settings.price_model or engine.model
-        if not usage or not prices.has(model):
-            return 0, "unpriced"
-        price = prices.price(model)
-        prompt, completion = (
-            int(usage.get("prompt_tokens") or 0),
-            int(usage.get("completion_tokens") or 0),
-        )
-        return price.cost_nusd(prompt, completion), price.version
-
     return ShadowRunner(
         pool=pool,
-        client=client,
+        transport=transport,
         recorder=recorder,
         registry=metrics.registry,
-        cost_of=cost_of,
+        meter=meter,
         settings=shadows,
     )
 

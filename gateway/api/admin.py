@@ -20,8 +20,8 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request
 
 from gateway.auth import check_admin_token
-from gateway.deps import services
 from gateway.errors import AuthenticationError
+from gateway.services import services
 
 SESSION_COOKIE = "tollgate_admin"
 SESSION_TTL_S = 12 * 3600
@@ -86,7 +86,7 @@ router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(requir
 
 @router.get("/engines")
 async def engines(request: Request) -> dict[str, object]:
-    pool = services(request).pipeline.pool
+    pool = services(request).pool
     return {
         "engines": [
             {

@@ -17,9 +17,9 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.responses import JSONResponse, Response
 
 from gateway.api.admin import require_admin
-from gateway.deps import services
 from gateway.errors import InvalidRequestError, NotFoundError, ServiceUnavailableError
 from gateway.keys import KeyCreate, KeyRotate, KeyServices, KeyUpdate, TeamCreate, TeamUpdate
+from gateway.services import services
 
 router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin)])
 
@@ -29,7 +29,7 @@ _NO_STORE = {"cache-control": "no-store"}
 
 
 def key_services(request: Request) -> KeyServices:
-    keys: KeyServices | None = services(request).extra.get("keys")
+    keys = services(request).keys
     if keys is None:
         raise NotFoundError(
             "The managed key store is disabled (auth.key_store: false).",
@@ -158,7 +158,7 @@ async def delete_team(request: Request, name: str) -> Response:
 @router.get("/quotas/status")
 async def quota_status(request: Request) -> Response:
     """The quota store's health: backend, Redis reachability, queued settlements."""
-    quotas = services(request).pipeline.quotas
+    quotas = services(request).quotas
     status = getattr(quotas, "status", None)
     data: dict[str, Any] = status() if callable(status) else {"backend": type(quotas).__name__}
     return _json(data)

@@ -28,7 +28,6 @@ from gateway.api.admin import (
     issue_session,
     require_admin,
 )
-from gateway.deps import services
 from gateway.errors import (
     InvalidRequestError,
     NotFoundError,
@@ -39,6 +38,7 @@ from gateway.ledger.dashboard import DashboardData, default_range, login_page, r
 from gateway.ledger.reconcile import SpendCounters, reconcile
 from gateway.ledger.reports import ReportQuery, parse_when, to_csv, to_json
 from gateway.ledger.service import Ledger
+from gateway.services import services
 
 router = APIRouter(
     prefix="/admin", tags=["admin", "finance"], dependencies=[Depends(require_admin)]
@@ -49,7 +49,7 @@ _LOGIN_BODY_MAX = 4096
 
 
 def ledger_of(request: Request) -> Ledger:
-    ledger = services(request).extra.get("ledger")
+    ledger = services(request).ledger
     if not isinstance(ledger, Ledger):
         raise ServiceUnavailableError(
             "The ledger is disabled on this gateway (ledger.enabled).", code="ledger_disabled"
@@ -138,7 +138,7 @@ async def reconcile_spend(
 ) -> dict[str, Any]:
     """The quota store's spend counters against the ledger, per key, this day or month."""
     svc = services(request)
-    counters: Any = svc.extra.get("spend_counters") or svc.pipeline.quotas
+    counters: Any = svc.quotas
     if not hasattr(counters, "spend_totals"):
         raise NotFoundError(
             "This gateway's quota store keeps no spend counters.", code="no_spend_counters"

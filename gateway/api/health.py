@@ -14,7 +14,7 @@ from fastapi import APIRouter, Request
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.responses import JSONResponse, Response
 
-from gateway.deps import services
+from gateway.services import services
 
 router = APIRouter(tags=["operations"])
 
@@ -27,7 +27,7 @@ async def health() -> dict[str, str]:
 @router.get("/health/ready")
 async def ready(request: Request) -> Response:
     svc = services(request)
-    routing = svc.pipeline.router
+    routing = svc.router
     models = {m.name: routing.servable(m) for m in routing.public_models()}
     unservable = sorted(name for name, ok in models.items() if not ok)
     stopping = svc.draining or svc.stopping
@@ -44,8 +44,8 @@ async def ready(request: Request) -> Response:
 @router.get("/health/engines")
 async def engines(request: Request) -> Response:
     """Every engine replica's health, for operators (always 200)."""
-    pipeline = services(request).pipeline
-    pool, breakers = pipeline.pool, pipeline.breakers
+    svc = services(request)
+    pool, breakers = svc.pool, svc.breakers
     rows = [
         {
             "name": e.name,

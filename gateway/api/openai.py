@@ -6,15 +6,14 @@ import asyncio
 import contextlib
 import re
 import secrets
-import time
 
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from gateway.auth import Principal
-from gateway.deps import services
 from gateway.errors import NotFoundError, PayloadTooLargeError, ServiceUnavailableError
 from gateway.protocol import Endpoint
+from gateway.services import services
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 
@@ -106,7 +105,7 @@ def _model_card(name: str, created: int) -> dict[str, object]:
 async def list_models(request: Request) -> dict[str, object]:
     svc = services(request)
     principal = await _authenticate(request)
-    created = int(svc.extra.get("started_at", time.time()))
+    created = int(svc.started_at)
     data = []
     for m in svc.settings.models:
         if principal.models is not None and m.name not in principal.models:
@@ -120,7 +119,7 @@ async def list_models(request: Request) -> dict[str, object]:
 async def get_model(model_id: str, request: Request) -> dict[str, object]:
     svc = services(request)
     principal = await _authenticate(request)
-    created = int(svc.extra.get("started_at", time.time()))
+    created = int(svc.started_at)
     for m in svc.settings.models:
         if model_id == m.name or model_id in m.aliases:
             principal.check_model(m.name)
@@ -132,6 +131,5 @@ async def _authenticate(request: Request) -> Principal:
     from gateway.auth import bearer_token
 
     request_id(request)
-    pipeline = services(request).pipeline
     header = request.headers.get("authorization")
-    return await pipeline.authenticator.authenticate(bearer_token(header))
+    return await services(request).authenticator.authenticate(bearer_token(header))

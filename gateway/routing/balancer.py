@@ -25,8 +25,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from gateway.config import RoutingSettings
-from gateway.engines import Engine
 from gateway.routing.pool import EnginePool
+from gateway.upstream.engine import Engine
 
 _MASK = (1 << 64) - 1
 

@@ -24,9 +24,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from urllib.parse import urlsplit, urlunsplit
 
 from gateway.config import EngineSettings
-from gateway.engines import EngineClient
 from gateway.routing.health import Breakers
 from gateway.routing.pool import EnginePool
+from gateway.upstream.transport import Transport
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ class EngineDiscovery:
     def __init__(
         self,
         pool: EnginePool,
-        client: EngineClient,
+        client: Transport,
         breakers: Breakers,
         entries: Sequence[EngineSettings],
         resolver: Resolver = resolve_dns,

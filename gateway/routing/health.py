@@ -21,8 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from gateway.config import BreakerSettings, RetrySettings
-from gateway.engines import Engine
 from gateway.errors import GatewayError, OverloadedError
+from gateway.upstream.engine import Engine
 
 Clock = Callable[[], float]
 

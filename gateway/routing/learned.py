@@ -24,8 +24,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 from gateway.config import ConfigError
+from gateway.routing.features import Features, check_params, tier_names
 from gateway.routing.learned_weights import WEIGHTS
-from gateway.routing.policies import Features, _check_params, _tiers
 from gateway.routing.pool import EnginePool
 
 #: Keyword groups counted in the text; the order is part of the feature layout.
@@ -127,10 +127,10 @@ class LearnedPolicy:
     )
 
     def __init__(self, params: Mapping[str, Any], weights: Mapping[str, Any] = WEIGHTS) -> None:
-        _check_params("learned", params, self.PARAMS)
+        check_params("learned", params, self.PARAMS)
         if tuple(weights["features"]) != FEATURE_NAMES:
             raise ConfigError("routing: the learned weights do not match this feature layout")
-        self.small, self.large = _tiers(params)
+        self.small, self.large = tier_names(params)
         self.weights = tuple(float(w) for w in weights["weights"])
         quantiles = [float(q) for q in weights["quantiles"]]
         if "threshold" in params:

@@ -17,8 +17,8 @@ import math
 import random
 from pathlib import Path
 
+from gateway.routing.features import Features
 from gateway.routing.learned import FEATURE_NAMES, featurize, probability
-from gateway.routing.policies import Features
 
 _TEMPLATES: dict[str, tuple[float, list[str]]] = {
     "simple": (-2.0, [

@@ -13,10 +13,11 @@ import logging
 import time
 
 from gateway.config import BreakerSettings
-from gateway.engines import Engine, EngineClient
 from gateway.errors import EngineUnavailableError, GatewayError
 from gateway.routing.health import Breakers
 from gateway.routing.pool import EnginePool
+from gateway.upstream.engine import Engine
+from gateway.upstream.transport import Transport
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ class EngineMonitor:
     """Polls every engine's /health and /metrics in the background."""
 
     def __init__(
-        self, pool: EnginePool, client: EngineClient, breakers: Breakers, settings: BreakerSettings
+        self, pool: EnginePool, client: Transport, breakers: Breakers, settings: BreakerSettings
     ) -> None:
         self._pool = pool
         self._client = client

@@ -26,56 +26,12 @@ import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar
 
 from gateway.config import ConfigError
+from gateway.routing.features import Features, Override, Policy, check_params, tier_names
+from gateway.routing.learned import LearnedPolicy
 from gateway.routing.pool import EnginePool
-
-
-@dataclass(frozen=True, slots=True)
-class Features:
-    """What a policy may look at: cheap facts about the request and its key."""
-
-    prompt_tokens: int
-    #: The client's max_tokens (times n); 0 when the client did not set one.
-    max_tokens: int
-    messages: int
-    has_tools: bool
-    json_mode: bool
-    #: The last user message (or the prompt), as sent.
-    text: str
-    budget_remaining_nusd: int | None = None
-    #: The key's routing hints (``Principal.routing``): ``force_tier``, ``prefer_tier``.
-    key_defaults: Mapping[str, Any] | None = None
-    key_id: str | None = None
-    #: Hash of the conversation's beginning (0 = none), for replica affinity.
-    prefix_hash: int = 0
-
-
-class Policy(Protocol):
-    """Chooses a tier for a request to an auto model."""
-
-    def choose(self, f: Features, pool: EnginePool) -> tuple[str, str]:
-        """Return (tier, reason)."""
-        ...
-
-
-class Override(Protocol):
-    """Adjusts a chosen tier in a chain; returns (new tier, reason) or None to keep it."""
-
-    def override(self, tier: str, f: Features, pool: EnginePool) -> tuple[str, str] | None: ...
-
-
-def _check_params(step: str, params: Mapping[str, Any], known: frozenset[str]) -> None:
-    unknown = sorted(set(params) - known)
-    if unknown:
-        raise ConfigError(
-            f"routing.params ({step}): unknown parameter(s) {unknown}; known: {sorted(known)}"
-        )
-
-
-def _tiers(params: Mapping[str, Any]) -> tuple[str, str]:
-    return str(params.get("small_tier", "small")), str(params.get("large_tier", "large"))
 
 
 def _fits(pool: EnginePool, tier: str, tokens: int) -> bool:
@@ -117,8 +73,8 @@ class RulesPolicy:
     }
 
     def __init__(self, params: Mapping[str, Any]) -> None:
-        _check_params("rules", params, self.PARAMS)
-        self.small, self.large = _tiers(params)
+        check_params("rules", params, self.PARAMS)
+        self.small, self.large = tier_names(params)
         self.max_prompt_tokens = int(params.get("max_prompt_tokens_small", 1500))
         self.max_output_tokens = int(params.get("max_output_tokens_small", 512))
         self.max_messages = int(params.get("max_messages_small", 16))
@@ -164,7 +120,7 @@ def _text_class(i: int, raw: object, large: str) -> _TextClass:
     where = f"routing.params.classes[{i}]"
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{where}: must be a mapping with name, tier, keywords and/or regex")
-    _check_params(where, raw, frozenset({"name", "tier", "keywords", "regex"}))
+    check_params(where, raw, frozenset({"name", "tier", "keywords", "regex"}))
     name = str(raw.get("name") or f"class{i}")
     if not re.fullmatch(r"[A-Za-z0-9_.-]{1,32}", name):
         raise ConfigError(f"{where}.name: {name!r} must be 1-32 characters of [A-Za-z0-9_.-]")
@@ -204,8 +160,8 @@ class LoadAwareOverride:
     }
 
     def __init__(self, params: Mapping[str, Any]) -> None:
-        _check_params("load_aware", params, self.PARAMS)
-        self.small, self.large = _tiers(params)
+        check_params("load_aware", params, self.PARAMS)
+        self.small, self.large = tier_names(params)
         self.queue_high = float(params.get("queue_high", 4))
         self.margin = float(params.get("margin", 2))
         self.kv_high = float(params.get("kv_high", 0.95))
@@ -250,8 +206,8 @@ class BudgetOverride:
     PARAMS: ClassVar[frozenset[str]] = _TIER_KEYS | {"low_usd"}
 
     def __init__(self, params: Mapping[str, Any]) -> None:
-        _check_params("budget", params, self.PARAMS)
-        self.small, _ = _tiers(params)
+        check_params("budget", params, self.PARAMS)
+        self.small, _ = tier_names(params)
         self.low_nusd = int(float(params.get("low_usd", 0.05)) * 1e9)
 
     def override(self, tier: str, f: Features, pool: EnginePool) -> tuple[str, str] | None:
@@ -285,8 +241,6 @@ OverrideFactory = Callable[[Mapping[str, Any]], Override]
 
 
 def _learned(params: Mapping[str, Any]) -> Policy:
-    from gateway.routing.learned import LearnedPolicy
-
     return LearnedPolicy(params)
 
 
@@ -297,7 +251,7 @@ def _standalone(
 
     def build(params: Mapping[str, Any]) -> Policy:
         known = RulesPolicy.PARAMS | override.PARAMS
-        _check_params(override.__name__, params, known)
+        check_params(override.__name__, params, known)
         rules = {k: v for k, v in params.items() if k in RulesPolicy.PARAMS}
         own = {k: v for k, v in params.items() if k in override.PARAMS}
         return ChainPolicy(RulesPolicy(rules), [override(own)])

@@ -24,8 +24,8 @@ import time
 from collections.abc import Callable, Iterable
 
 from gateway.config import EngineSettings
-from gateway.engines import Engine
 from gateway.errors import OverloadedError, with_retry_after
+from gateway.upstream.engine import Engine
 
 
 class Slot:

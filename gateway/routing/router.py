@@ -15,13 +15,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.config import ModelSettings, Settings
-from gateway.engines import Engine
 from gateway.errors import EngineUnavailableError, NotFoundError
 from gateway.routing.balancer import Balancer, prefix_hash
+from gateway.routing.features import Features, Policy
 from gateway.routing.health import Breakers
-from gateway.routing.policies import Features, Policy, build_policy
+from gateway.routing.policies import build_policy
 from gateway.routing.pool import EnginePool
 from gateway.routing.rollout import TierRollout
+from gateway.upstream.engine import Engine
 
 
 @dataclass(slots=True)

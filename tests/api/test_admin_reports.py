@@ -46,7 +46,7 @@ def gateway(
         for model, n in (("small", 4), ("large", 2)):
             for _ in range(n):
                 client.chat.completions.create(model=model, messages=MSGS, max_tokens=3)  # type: ignore[call-overload]
-        writer = gw.services.extra["ledger"].writer
+        writer = gw.services.ledger.writer
         deadline = time.monotonic() + 10
         while writer.stats().written < 6:  # the writer flushes every flush_interval_s
             assert time.monotonic() < deadline, writer.stats()

@@ -42,7 +42,7 @@ def gateway(
     gateway_module: RunningGateway, standin_pair: dict[str, StandinProcess]
 ) -> RunningGateway:
     reset(standin_pair)
-    for e in gateway_module.services.pipeline.pool.engines.values():
+    for e in gateway_module.services.pool.engines.values():
         e.healthy = True
     return gateway_module
 

@@ -125,7 +125,7 @@ def test_one_engine_of_two_refusing_connections(fleet: Engines, tmp_path: Path) 
                 r = c.chat.completions.create(model="small", messages=MSGS, max_tokens=3)
                 assert r.choices[0].message.content == " tok1 tok2 tok3"
         assert stats(fleet["small-b"])["received"] == 6
-        a = gw.services.pipeline.pool.engines["small-a"]
+        a = gw.services.pool.engines["small-a"]
         until(lambda: not a.healthy)
         fleet["small-a"].start()
         until(lambda: a.healthy)
@@ -326,11 +326,11 @@ def test_5xx_burst_is_retried_and_ejects_the_engine_until_a_probe_passes(
             assert r.choices[0].message.content == " tok1 tok2"
         assert stats(fleet["small-a"])["received"] == 2
         assert stats(fleet["small-b"])["received"] == 10
-        pipeline = gw.services.pipeline
-        a = pipeline.pool.engines["small-a"]
+        svc = gw.services
+        a = svc.pool.engines["small-a"]
         assert not a.healthy  # /health is fine, but the breaker keeps it out
         fault(fleet["small-a"], mode="none")
-        pipeline.breakers.state(a).open_until = 0.0  # the open period is over
+        svc.breakers.state(a).open_until = 0.0  # the open period is over
         for _ in range(4):
             c.chat.completions.create(model="small", messages=MSGS, max_tokens=2)
         assert a.healthy
@@ -375,8 +375,8 @@ async def test_queue_build_up_sheds_with_503_and_retry_after(
     fault(fleet["small-a"], mode="hang", count=1)
     with serve_in_thread(cfg) as gw:
         ac = openai.AsyncOpenAI(base_url=gw.v1, api_key=CLIENT_KEY, max_retries=0, timeout=30)
-        engine = gw.services.pipeline.pool.engines["small-a"]
-        pool = gw.services.pipeline.pool
+        engine = gw.services.pool.engines["small-a"]
+        pool = gw.services.pool
 
         async def consume() -> str:
             s = await ac.chat.completions.create(

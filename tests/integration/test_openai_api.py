@@ -306,7 +306,7 @@ def test_client_disconnect_aborts_the_upstream(
         time.sleep(0.05)
     assert stats(standin_pair["large"])["aborted"] == 1
     assert stats(standin_pair["large"])["in_flight"] == 0
-    engine = gateway.services.pipeline.pool.engines["large-0"]
+    engine = gateway.services.pool.engines["large-0"]
     assert engine.in_flight == 0
 
 
@@ -314,7 +314,7 @@ def test_keepalive_comments_on_long_silence(
     gateway: RunningGateway, standin_pair: dict[str, StandinProcess]
 ) -> None:
     set_fault(standin_pair["small"], mode="slow_first_token", ms=700)
-    gateway.services.pipeline.settings.server.keepalive_seconds = 0.2
+    gateway.services.settings.server.keepalive_seconds = 0.2
     try:
         with httpx.stream(
             "POST",
@@ -325,7 +325,7 @@ def test_keepalive_comments_on_long_silence(
         ) as r:
             lines = [line for line in r.iter_lines() if line]
     finally:
-        gateway.services.pipeline.settings.server.keepalive_seconds = 15
+        gateway.services.settings.server.keepalive_seconds = 15
     first_data = next(i for i, line in enumerate(lines) if line.startswith("data:"))
     assert lines[0] == ": keep-alive" and first_data > 0
     assert lines[-1] == "data: [DONE]"
@@ -367,4 +367,4 @@ def test_client_disconnect_aborts_a_non_streaming_request(
         time.sleep(0.05)
     assert stats(standin_pair["large"])["aborted"] == 1
     assert gateway.services.pipeline.active == 0
-    assert gateway.services.pipeline.pool.engines["large-0"].in_flight == 0
+    assert gateway.services.pool.engines["large-0"].in_flight == 0

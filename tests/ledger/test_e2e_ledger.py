@@ -152,7 +152,7 @@ def wait_written(gw: RunningGateway, store: LedgerStore, n: int, timeout: float 
         assert time.monotonic() < deadline, (
             store.count(),
             n,
-            gw.services.extra["ledger"].writer.stats(),
+            gw.services.ledger.writer.stats(),
         )
         time.sleep(0.1)
 
@@ -235,7 +235,7 @@ def test_postgres_going_away_mid_load_loses_nothing(
     store = LedgerStore.from_url(url)
     try:
         with serve_in_thread(settings) as gw:
-            writer = gw.services.extra["ledger"].writer
+            writer = gw.services.ledger.writer
 
             async def scenario() -> list[Sent]:
                 before = await mixed_load(gw.base_url, waves=3, phase="before")

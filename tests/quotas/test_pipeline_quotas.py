@@ -214,7 +214,7 @@ def test_reservation_released_after_client_disconnect(
     finally:
         set_fault(standin_pair["small"], mode="none")
     assert wait_admitted(gw, key).status_code == 200
-    quotas = gw.services.pipeline.quotas
+    quotas = gw.services.quotas
     remaining = quotas._counters[f"k:{principal.key_id}"]  # local store internals
     assert remaining.held == 0 and not remaining.holds
 
@@ -234,7 +234,7 @@ def test_reservation_released_after_engine_error(
         set_fault(standin_pair["small"], mode="none")
     ok = wait_admitted(gw, key)
     assert ok.status_code == 200
-    counters = gw.services.pipeline.quotas._counters[f"k:{principal.key_id}"]
+    counters = gw.services.quotas._counters[f"k:{principal.key_id}"]
     assert counters.held == 0 and not counters.holds
     # Only the successful request was billed; the failures cost nothing.
     assert ok.json()["usage"]["completion_tokens"] == 3

@@ -87,7 +87,7 @@ def test_engine_validation_error_becomes_400(client: openai.OpenAI) -> None:
 
 
 def test_disconnect_aborts_the_real_engine_request(real_running: RunningGateway) -> None:
-    engine = real_running.services.pipeline.pool.engines["large-0"]
+    engine = real_running.services.pool.engines["large-0"]
     with httpx.stream(
         "POST",
         real_running.v1 + "/chat/completions",

@@ -168,7 +168,7 @@ def test_admission_never_counts_fewer_prompt_tokens_than_the_engine(
     assert resp.usage is not None
     body = orjson.dumps({"model": "small", "messages": messages})
     request = parse_request(Endpoint.CHAT, body, max_messages=100, max_n=4)
-    estimate = gateway.services.pipeline.tokens.count_prompt("smollm2-135m-awq", request)
+    estimate = gateway.services.tokens.count_prompt("smollm2-135m-awq", request)
     billed = resp.usage.prompt_tokens
     assert billed <= estimate, (estimate, billed)
     # Close too, whether the template adds its default system prompt or the client

@@ -6,7 +6,7 @@ from typing import Any
 
 from gateway.config import Settings
 from gateway.ledger.record import LedgerRecord
-from gateway.routing.policies import Features
+from gateway.routing.features import Features
 
 
 class FakeClock:

@@ -8,11 +8,11 @@ from typing import Any
 import pytest
 
 from gateway.config import BreakerSettings, TimeoutSettings
-from gateway.engines import EngineClient
 from gateway.routing.discovery import EngineDiscovery, replica_settings, resolve_dns
 from gateway.routing.health import Breakers
 from gateway.routing.pool import EnginePool
 from gateway.routing.router import Router
+from gateway.upstream.client import AiohttpTransport
 from tests.routing.helpers import FakeClock, engine, features, make_settings
 
 
@@ -46,7 +46,7 @@ def build(resolver: FakeResolver, entries: list[dict[str, Any]]) -> tuple[Any, .
     s = make_settings(entries)
     pool = EnginePool(s.engines)
     breakers = Breakers(BreakerSettings())
-    client = EngineClient(s.engines, TimeoutSettings())
+    client = AiohttpTransport(TimeoutSettings())
     discovery = EngineDiscovery(pool, client, breakers, s.engines, resolver)
     return s, pool, breakers, discovery
 

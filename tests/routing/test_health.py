@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from gateway.config import BreakerSettings, RetrySettings
-from gateway.engines import Engine
 from gateway.errors import EngineUnavailableError, InvalidRequestError, OverloadedError
 from gateway.routing.health import Breakers, RetryBudget
 from gateway.routing.pool import EnginePool
+from gateway.upstream.engine import Engine
 from tests.routing.helpers import FakeClock, make_settings
 
 

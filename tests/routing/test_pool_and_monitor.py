@@ -9,11 +9,11 @@ import pytest
 from aiohttp import web
 
 from gateway.config import BreakerSettings, EngineSettings, TimeoutSettings
-from gateway.engines import EngineClient
 from gateway.errors import OverloadedError
 from gateway.routing.health import Breakers
 from gateway.routing.monitor import EngineMonitor, parse_vllm_metrics
 from gateway.routing.pool import EnginePool
+from gateway.upstream.client import AiohttpTransport
 from tests.fake_upstream import serve
 from tests.routing.helpers import engine, make_settings
 
@@ -113,7 +113,7 @@ async def test_monitor_scrapes_ejects_and_readmits() -> None:
         port = int(url.rsplit(":", 1)[1])
         s = make_settings([engine("small-0", "small", port), engine("large-0", "large", port)])
         pool = EnginePool(s.engines)
-        client = EngineClient(s.engines, TimeoutSettings())
+        client = AiohttpTransport(TimeoutSettings())
         breakers = Breakers(BreakerSettings())
         monitor = EngineMonitor(pool, client, breakers, BreakerSettings())
         e = pool.engines["large-0"]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+from decimal import Decimal
 from typing import Any
 
 import orjson
@@ -10,10 +12,12 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from gateway.config import ShadowSettings, TimeoutSettings
-from gateway.engines import Engine, EngineClient
+from gateway.pricing import PriceBook, PriceEntry
 from gateway.protocol import Endpoint
+from gateway.request.metering import Meter
+from gateway.request.shadow import ShadowRunner
 from gateway.routing.pool import EnginePool
-from gateway.routing.rollout import ShadowRunner
+from gateway.upstream.client import AiohttpTransport
 from tests.fake_upstream import Handler, serve
 from tests.routing.helpers import ListRecorder, engine, make_settings
 
@@ -29,24 +33,28 @@ def handler_for(gate: asyncio.Event, seen: list[Any]) -> Handler:
     return handler
 
 
-def build(url: str) -> tuple[ShadowRunner, EnginePool, ListRecorder, EngineClient]:
+def build(url: str) -> tuple[ShadowRunner, EnginePool, ListRecorder, AiohttpTransport]:
     port = int(url.rsplit(":", 1)[1])
     s = make_settings(
         [engine("large-0", "large", port), engine("cand", "large", port, max_concurrency=4)],
     )
-    client = EngineClient(s.engines, TimeoutSettings())
+    client = AiohttpTransport(TimeoutSettings())
     pool = EnginePool(s.engines)
     recorder = ListRecorder()
 
-    def cost_of(e: Engine, usage: dict[str, Any]) -> tuple[int, str]:
-        return 1000 * int(usage["total_tokens"]), "cand@test"
-
+    # $1 per million tokens either way: 1,000 nano-USD per token.
+    price = PriceEntry(
+        model="model-large",
+        effective=dt.date(2024, 1, 1),
+        prompt_per_mtok=Decimal(1),
+        completion_per_mtok=Decimal(1),
+    )
     runner = ShadowRunner(
         pool=pool,
-        client=client,
+        transport=client,
         recorder=recorder,
         registry=CollectorRegistry(),
-        cost_of=cost_of,
+        meter=Meter(PriceBook([price]), pool.entries_by_tier),
         settings={"large": ShadowSettings(engine="cand", sample=1.0, max_concurrency=1)},
     )
     return runner, pool, recorder, client
@@ -70,7 +78,8 @@ async def test_mirror_returns_at_once_and_records_a_shadow_row() -> None:
     assert seen[0]["model"] == "model-large"
     (rec,) = recorder.records
     assert (rec.status, rec.key_id, rec.request_id) == ("shadow", "shadow", "req-1:shadow")
-    assert (rec.engine, rec.cost_nusd, rec.price_version) == ("cand", 15000, "cand@test")
+    assert (rec.engine, rec.cost_nusd) == ("cand", 15000)
+    assert rec.price_version == "model-large@2024-01-01"
     assert rec.prompt_tokens == 10 and rec.completion_tokens == 5
     assert runner.requests.labels("cand", "ok")._value.get() == 1
     assert runner.requests.labels("cand", "dropped")._value.get() == 1

@@ -6,7 +6,6 @@ import pytest
 from aiohttp import web
 
 from gateway.config import EngineSettings, TimeoutSettings
-from gateway.engines import Engine, EngineClient, SSEReader, sanitize
 from gateway.errors import (
     EngineUnavailableError,
     InvalidRequestError,
@@ -15,13 +14,17 @@ from gateway.errors import (
     UpstreamTimeoutError,
 )
 from gateway.protocol import Endpoint
+from gateway.upstream.client import AiohttpTransport
+from gateway.upstream.engine import Engine
+from gateway.upstream.errors import sanitize
+from gateway.upstream.sse import SSEReader
 from tests.fake_upstream import Handler, serve, stream_frames
 from tests.support import free_port
 
 
-def client_for(url: str, **timeouts: float) -> tuple[EngineClient, Engine]:
+def client_for(url: str, **timeouts: float) -> tuple[AiohttpTransport, Engine]:
     es = EngineSettings(name="e0", url=url, tier="small", model="m")
-    return EngineClient([es], TimeoutSettings(**timeouts)), Engine(es)
+    return AiohttpTransport(TimeoutSettings(**timeouts)), Engine(es)
 
 
 def test_sse_reader_splits_across_chunk_boundaries() -> None:
@@ -84,7 +87,7 @@ async def test_request_id_and_api_key_are_forwarded() -> None:
 
     async with serve(handler) as url:
         es = EngineSettings(name="e0", url=url, tier="small", model="m", api_key="sk-engine")
-        client, engine = EngineClient([es], TimeoutSettings()), Engine(es)
+        client, engine = AiohttpTransport(TimeoutSettings()), Engine(es)
         resp = await client.send(engine, Endpoint.CHAT, b'{"x":1}', "abc-123")
         await client.aclose()
     assert seen == {"rid": "abc-123", "auth": "Bearer sk-engine", "body": '{"x":1}'}
@@ -100,7 +103,7 @@ def slow(first_delay: float, gap: float, n: int = 3) -> Handler:
     return handler
 
 
-async def collect(client: EngineClient, engine: Engine) -> list[bytes]:
+async def collect(client: AiohttpTransport, engine: Engine) -> list[bytes]:
     stream = await client.open_stream(engine, Endpoint.CHAT, b"{}", "rid")
     try:
         return [p async for p in stream.events()]

@@ -17,14 +17,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from collections.abc import AsyncIterator
+from typing import Any, Protocol
 
 import orjson
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
 from gateway.errors import GatewayError, InternalError
+from gateway.request.metering import Usage
 
 DONE_FRAME = b"data: [DONE]\n\n"
 KEEPALIVE_FRAME = b": keep-alive\n\n"
@@ -55,37 +56,49 @@ class StreamOutcome:
         self.error: GatewayError | None = None
 
 
+class StreamHooks(Protocol):
+    """What the request's lifecycle supplies to (and hears from) its SSE response."""
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        """The response headers, asked for when the first frame is ready."""
+        ...
+
+    def error_headers(self, err: GatewayError) -> list[tuple[bytes, bytes]]: ...
+
+    async def on_end(self, outcome: StreamOutcome) -> None:
+        """The stream ended on its own; runs just before its last frame is sent."""
+        ...
+
+    async def on_finish(self, outcome: StreamOutcome) -> None:
+        """The stream ended for any reason; runs exactly once, last."""
+        ...
+
+
 class SSEResponse(Response):
     """ASGI response streaming ``events`` (already framed bytes) as SSE.
 
     ``events`` may raise :class:`GatewayError`: before the first frame it becomes an
     ordinary JSON error response; after it, an SSE error frame followed by ``[DONE]``.
-    ``on_end`` runs when the stream ends on its own (the events ran out, or raised a
-    :class:`GatewayError`), just before the last frame (``[DONE]`` or the error) is sent:
+    ``hooks.on_end`` runs when the stream ends on its own (the events ran out, or raised
+    a :class:`GatewayError`), just before the last frame (``[DONE]`` or the error) is sent:
     whatever must be true before the client hears of the end (the quota settlement) goes
-    there, and should be quick. ``on_finish`` always runs once, after the stream ended for
-    any reason.
+    there, and should be quick. ``hooks.on_finish`` always runs once, after the stream
+    ended for any reason.
     """
 
     def __init__(
         self,
         events: AsyncIterator[bytes],
+        hooks: StreamHooks,
         *,
-        headers: Callable[[], list[tuple[bytes, bytes]]],
-        error_headers: Callable[[GatewayError], list[tuple[bytes, bytes]]],
-        on_finish: Callable[[StreamOutcome], Awaitable[None]],
         keepalive_s: float,
-        on_end: Callable[[StreamOutcome], Awaitable[None]] | None = None,
         outcome: StreamOutcome | None = None,
     ) -> None:
         # Not calling Response.__init__: headers are decided when the first event exists.
         self.status_code = 200
         self.background = None
         self._events = events
-        self._make_headers = headers
-        self._error_headers = error_headers
-        self._on_finish = on_finish
-        self._on_end = on_end
+        self._hooks = hooks
         self._keepalive_s = keepalive_s
         self.outcome = outcome or StreamOutcome()
         self._lock = asyncio.Lock()
@@ -115,7 +128,7 @@ class SSEResponse(Response):
             pinger.cancel()
             with contextlib.suppress(BaseException):
                 await self._events.aclose()  # type: ignore[attr-defined]
-            await asyncio.shield(self._on_finish(outcome))
+            await asyncio.shield(self._hooks.on_finish(outcome))
 
     async def _commit(self, send: Send, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         self.outcome.committed = True
@@ -128,14 +141,13 @@ class SSEResponse(Response):
             async for chunk in self._events:
                 async with self._lock:
                     if not outcome.committed:
-                        await self._commit(send, 200, self._make_headers())
+                        await self._commit(send, 200, self._hooks.headers())
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
                     self._last_send = loop.time()
                 outcome.frames_sent += 1
         except GatewayError as err:
             outcome.error = err
-            if self._on_end is not None:
-                await self._on_end(outcome)
+            await self._hooks.on_end(outcome)
             await self._send_error(send, err)
             return
         except (asyncio.CancelledError, OSError):
@@ -145,11 +157,10 @@ class SSEResponse(Response):
             outcome.error = internal
             await self._send_error(send, internal)
             raise
-        if self._on_end is not None:
-            await self._on_end(outcome)
+        await self._hooks.on_end(outcome)
         async with self._lock:
             if not outcome.committed:
-                await self._commit(send, 200, self._make_headers())
+                await self._commit(send, 200, self._hooks.headers())
             await send({"type": "http.response.body", "body": DONE_FRAME, "more_body": False})
 
     async def _send_error(self, send: Send, err: GatewayError) -> None:
@@ -159,7 +170,7 @@ class SSEResponse(Response):
                 headers = [
                     (b"content-type", b"application/json"),
                     (b"content-length", str(len(body)).encode()),
-                    *self._error_headers(err),
+                    *self._hooks.error_headers(err),
                 ]
                 await self._commit(send, err.status_code, headers)
                 await send({"type": "http.response.body", "body": body, "more_body": False})
@@ -189,7 +200,7 @@ class SSEResponse(Response):
                 continue
             async with self._lock:
                 if not self.outcome.committed:
-                    await self._commit(send, 200, self._make_headers())
+                    await self._commit(send, 200, self._hooks.headers())
                 await send(
                     {"type": "http.response.body", "body": KEEPALIVE_FRAME, "more_body": True}
                 )
@@ -202,7 +213,7 @@ class UsageTracker:
     __slots__ = ("chunks", "finish_reason", "text_parts", "usage")
 
     def __init__(self) -> None:
-        self.usage: dict[str, Any] | None = None
+        self.usage: Usage | None = None
         self.chunks = 0
         self.text_parts: list[str] = []
         self.finish_reason: str | None = None
@@ -217,7 +228,7 @@ class UsageTracker:
             return (err if isinstance(err, dict) else {"message": str(err)}), False
         usage = obj.get("usage")
         if usage:
-            self.usage = usage
+            self.usage = Usage.parse(usage)
         choices = obj.get("choices")
         if choices:
             self.chunks += 1

@@ -8,8 +8,8 @@ from typing import Any
 
 import orjson
 
-from gateway.errors import UpstreamError
-from gateway.streaming import DONE_FRAME, SSEResponse, StreamOutcome, frame
+from gateway.errors import GatewayError, UpstreamError
+from gateway.request.streaming import DONE_FRAME, SSEResponse, StreamOutcome, frame
 
 
 class Client:
@@ -35,21 +35,25 @@ class Client:
         return {"type": "http.disconnect"}
 
 
+class Hooks:
+    def __init__(self, client: Client) -> None:
+        self.client = client
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        return []
+
+    def error_headers(self, err: GatewayError) -> list[tuple[bytes, bytes]]:
+        return []
+
+    async def on_end(self, out: StreamOutcome) -> None:
+        self.client.timeline.append("on_end")
+
+    async def on_finish(self, out: StreamOutcome) -> None:
+        self.client.timeline.append(("on_finish", out.client_disconnected, out.error is not None))
+
+
 def make_response(client: Client, events: AsyncIterator[bytes]) -> SSEResponse:
-    async def on_end(out: StreamOutcome) -> None:
-        client.timeline.append("on_end")
-
-    async def on_finish(out: StreamOutcome) -> None:
-        client.timeline.append(("on_finish", out.client_disconnected, out.error is not None))
-
-    return SSEResponse(
-        events,
-        headers=lambda: [],
-        error_headers=lambda err: [],
-        on_finish=on_finish,
-        on_end=on_end,
-        keepalive_s=60,
-    )
+    return SSEResponse(events, Hooks(client), keepalive_s=60)
 
 
 def run(client: Client, events: AsyncIterator[bytes]) -> None:

@@ -1,0 +1,81 @@
+"""Admission: parse what we need, size the worst case, price it, reserve it."""
+
+from __future__ import annotations
+
+from gateway.auth import Principal
+from gateway.config import ServerSettings
+from gateway.errors import InvalidRequestError
+from gateway.protocol import Endpoint, parse_request
+from gateway.quotas.base import Demand, QuotaStore
+from gateway.request.context import Admitted, RequestContext
+from gateway.request.metering import Meter
+from gateway.routing.pool import EnginePool
+from gateway.routing.router import Router
+from gateway.tokens import TokenCounter
+
+
+class Admission:
+    """Turns an authenticated request body into an :class:`Admitted` request, or refuses."""
+
+    def __init__(
+        self,
+        *,
+        server: ServerSettings,
+        router: Router,
+        pool: EnginePool,
+        tokens: TokenCounter,
+        meter: Meter,
+        quotas: QuotaStore,
+    ) -> None:
+        self._server = server
+        self._router = router
+        self._pool = pool
+        self._tokens = tokens
+        self._meter = meter
+        self._quotas = quotas
+
+    async def admit(self, ctx: RequestContext, principal: Principal, body: bytes) -> Admitted:
+        s = self._server
+        req = parse_request(ctx.endpoint, body, max_messages=s.max_messages, max_n=s.max_n)
+        model = self._router.resolve(req.model)
+        principal.check_model(model.name)
+        ctx.model = model
+        if req.stream and ctx.endpoint is Endpoint.EMBEDDINGS:
+            raise InvalidRequestError("Embeddings cannot be streamed.", param="stream")
+        requested = req.requested_max_tokens
+        if requested is not None and requested > s.max_tokens_cap:
+            raise InvalidRequestError(
+                f"max_tokens={requested} is above this gateway's limit of {s.max_tokens_cap}.",
+                param="max_tokens",
+            )
+        tiers = self._router.reachable_tiers(model)
+        prompt = self._tokens.count_prompt(self._token_model(tiers), req)
+        if ctx.endpoint is Endpoint.EMBEDDINGS:
+            max_tokens = 0
+        elif requested is not None:
+            max_tokens = requested * req.n
+        else:
+            max_tokens = self._default_max_tokens(tiers, prompt) * req.n
+        demand = Demand(
+            tokens=prompt + max_tokens,
+            cost_nusd=self._meter.worst_case(tiers, prompt, max_tokens),
+        )
+        reservation = await self._quotas.reserve(principal, ctx.request_id, demand)
+        return Admitted(principal, req, model, prompt, max_tokens, reservation)
+
+    def _token_model(self, tiers: list[str]) -> str:
+        entries = self._pool.entries_by_tier.get(tiers[0]) if tiers else None
+        return entries[0].model if entries else ""
+
+    def _default_max_tokens(self, tiers: list[str], prompt_tokens: int) -> int:
+        """With no max_tokens, the most the longest context can still produce."""
+        cap = self._server.max_tokens_cap
+        lens = [
+            e.max_model_len
+            for t in tiers
+            for e in self._pool.entries_by_tier.get(t, ())
+            if e.max_model_len
+        ]
+        if lens:
+            return max(1, min(cap, max(lens) - prompt_tokens))
+        return cap
