@@ -80,12 +80,16 @@ class MockStream:
         self._closed = False
 
     async def _chunks(self) -> AsyncIterator[bytes]:
-        for chunk in self._reply.chunks:
-            if self._reply.delay_s:
-                await asyncio.sleep(self._reply.delay_s)
+        reply = self._reply
+        last = len(reply.chunks) - 1
+        for i, chunk in enumerate(reply.chunks):
+            if reply.delay_s:
+                await asyncio.sleep(reply.delay_s)
+            # Everything sent: closing now is no abort (a reader stops at [DONE]).
+            self._finished = i == last and reply.error_after is None
             yield chunk
-        if self._reply.error_after is not None:
-            raise self._reply.error_after
+        if reply.error_after is not None:
+            raise reply.error_after
         self._finished = True
 
     def events(self) -> AsyncIterator[bytes]:
