@@ -211,8 +211,12 @@ def shadow_runner(
     )
 
 
-def create_app(settings: Settings, **service_overrides: Any) -> FastAPI:
-    """The client-facing app (OpenAI API, health, metrics)."""
+def create_app(settings: Settings, **service_overrides: Any) -> openai.OpenAIRoutes:
+    """The client-facing app (OpenAI API, health, metrics).
+
+    The generation routes are served as raw ASGI in front of the FastAPI app, which
+    keeps the lifespan and every other route (``.app`` is the FastAPI app).
+    """
 
     admin_app = create_admin_app() if settings.server.admin_port is not None else None
 
@@ -237,7 +241,7 @@ def create_app(settings: Settings, **service_overrides: Any) -> FastAPI:
     app.state.admin_app = admin_app
     if admin_app is None:  # else /admin listens only on server.admin_port
         _include_admin(app)
-    return app
+    return openai.OpenAIRoutes(app)
 
 
 def _include_admin(app: FastAPI) -> None:

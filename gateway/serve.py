@@ -15,11 +15,12 @@ import uvicorn
 from fastapi import FastAPI
 
 from gateway import logs
+from gateway.api.openai import OpenAIRoutes
 from gateway.app import create_app
 from gateway.config import Settings
 
 
-def app_from_env() -> FastAPI:
+def app_from_env() -> OpenAIRoutes:
     """Factory for uvicorn workers: reads ``$TOLLGATE_CONFIG``."""
     settings = Settings.load()
     logs.configure(settings.server.log_level)

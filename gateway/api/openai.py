@@ -1,100 +1,168 @@
-"""OpenAI-compatible routes: chat, completions, embeddings, models."""
+"""OpenAI-compatible routes: chat, completions and embeddings as raw ASGI; models on FastAPI.
+
+The three generation routes are the hot path, so they skip FastAPI's routing, dependency
+and exception machinery (measured in bench/results/throughput.md): :class:`OpenAIRoutes`
+wraps the FastAPI app, answers those paths itself, and passes everything else on.
+Errors keep the one shape of :mod:`gateway.errors`.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import re
 import secrets
+from typing import Any
 
-from fastapi import APIRouter, Request
-from starlette.responses import Response
+from fastapi import APIRouter, FastAPI, Request
+from starlette.types import Receive, Scope, Send
 
-from gateway.auth import Principal
-from gateway.errors import NotFoundError, PayloadTooLargeError, ServiceUnavailableError
+from gateway.auth import Principal, bearer_token
+from gateway.errors import (
+    GatewayError,
+    InternalError,
+    InvalidRequestError,
+    NotFoundError,
+    PayloadTooLargeError,
+    ServiceUnavailableError,
+)
 from gateway.protocol import Endpoint
-from gateway.services import services
+from gateway.request.reply import Reply
+from gateway.services import Services, services
 
+log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", tags=["openai"])
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+ENDPOINTS = {e.path: e for e in Endpoint}
 
 
-def request_id(request: Request) -> str:
-    """Honour a sane incoming X-Request-ID, else make one."""
-    rid = request.headers.get("x-request-id")
-    if rid is None or not _REQUEST_ID.match(rid):
-        rid = secrets.token_hex(16)
-    request.state.request_id = rid
-    return rid
+class RequestIds:
+    """Request ids for requests that bring none: a random process prefix and a counter."""
+
+    __slots__ = ("_n", "_prefix")
+
+    def __init__(self) -> None:
+        self._prefix = secrets.token_hex(8)
+        self._n = 0
+
+    def next(self) -> str:
+        self._n += 1
+        return f"{self._prefix}{self._n:016x}"
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    length = request.headers.get("content-length")
+class OpenAIRoutes:
+    """ASGI app: POST /v1/chat/completions, /v1/completions, /v1/embeddings; else ``app``."""
+
+    def __init__(self, app: FastAPI) -> None:
+        self.app = app
+        self._ids = RequestIds()
+
+    @property
+    def state(self) -> Any:
+        return self.app.state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        endpoint = ENDPOINTS.get(scope["path"]) if scope["type"] == "http" else None
+        if endpoint is None:
+            await self.app(scope, receive, send)
+            return
+        authorization = client_id = length = None
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                authorization = value.decode("latin-1")
+            elif name == b"x-request-id":
+                client_id = value.decode("latin-1")
+            elif name == b"content-length":
+                length = value
+        rid = client_id if client_id and _REQUEST_ID.match(client_id) else self._ids.next()
+        try:
+            if scope["method"] != "POST":
+                refusal = InvalidRequestError("Method Not Allowed", code="http_405")
+                refusal.status_code = 405
+                raise refusal
+            response = await self._serve(receive, endpoint, rid, authorization, length)
+        except GatewayError as err:
+            response = Reply.error(err, {"x-request-id": rid, **err.headers})
+        except Exception as exc:  # the one place a bug becomes a 500, never a trace
+            log.error("unhandled error", exc_info=exc, extra={"request_id": rid})
+            internal = InternalError("The gateway hit an internal error.")
+            response = Reply.error(internal, {"x-request-id": rid})
+        if response is not None:
+            await response(scope, receive, send)
+
+    async def _serve(
+        self,
+        receive: Receive,
+        endpoint: Endpoint,
+        rid: str,
+        authorization: str | None,
+        length: bytes | None,
+    ) -> Any:
+        svc: Services = self.app.state.services
+        if svc.draining:
+            raise ServiceUnavailableError(
+                "The gateway is shutting down.", headers={"Retry-After": "1", "Connection": "close"}
+            )
+        body = await read_body(receive, length, svc.settings.server.max_body_bytes)
+        if body is None:
+            return None
+        pipeline = svc.pipeline
+        ctx = pipeline.new_context(rid, endpoint)
+        # A client that hangs up while a non-streaming request runs aborts it upstream too
+        # (streams have their own watcher in SSEResponse).
+        task = asyncio.current_task()
+        assert task is not None
+        gone = asyncio.Event()
+        watcher = asyncio.get_running_loop().create_task(_watch_disconnect(receive, task, gone))
+        try:
+            return await pipeline.handle(ctx, authorization, body)
+        except asyncio.CancelledError:
+            if not gone.is_set():
+                raise
+            task.uncancel()
+            return None  # nobody is listening
+        finally:
+            watcher.cancel()
+
+
+async def read_body(receive: Receive, length: bytes | None, limit: int) -> bytes | None:
+    """The whole request body, within ``limit`` (413 beyond); None if the client left."""
     if length is not None and length.isdigit() and int(length) > limit:
         raise PayloadTooLargeError(f"The request body is larger than {limit} bytes.")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return None  # the client left before sending all of its body
+        chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
             raise PayloadTooLargeError(f"The request body is larger than {limit} bytes.")
         chunks.append(chunk)
-    return b"".join(chunks)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-async def _serve(request: Request, endpoint: Endpoint) -> Response:
-    svc = services(request)
-    rid = request_id(request)
-    if svc.draining:
-        raise ServiceUnavailableError(
-            "The gateway is shutting down.", headers={"Retry-After": "1", "Connection": "close"}
-        )
-    pipeline = svc.pipeline
-    ctx = pipeline.new_context(rid, endpoint)
-    body = await read_body(request, svc.settings.server.max_body_bytes)
-    # A client that hangs up while a non-streaming request runs aborts it upstream too
-    # (streams have their own watcher in SSEResponse).
-    task = asyncio.current_task()
-    assert task is not None
-    gone = asyncio.Event()
-    watcher = asyncio.get_running_loop().create_task(_watch_disconnect(request, task, gone))
-    try:
-        return await pipeline.handle(ctx, request.headers.get("authorization"), body)
-    except asyncio.CancelledError:
-        if not gone.is_set():
-            raise
-        task.uncancel()
-        return Response(status_code=499)
-    finally:
-        watcher.cancel()
-
-
-async def _watch_disconnect(
-    request: Request, task: asyncio.Task[object], gone: asyncio.Event
-) -> None:
+async def _watch_disconnect(receive: Receive, task: asyncio.Task[Any], gone: asyncio.Event) -> None:
     with contextlib.suppress(asyncio.CancelledError):
         while True:
-            message = await request.receive()
+            message = await receive()
             if message["type"] == "http.disconnect":
                 gone.set()
                 task.cancel()
                 return
 
 
-@router.post("/chat/completions")
-async def chat_completions(request: Request) -> Response:
-    return await _serve(request, Endpoint.CHAT)
-
-
-@router.post("/completions")
-async def completions(request: Request) -> Response:
-    return await _serve(request, Endpoint.COMPLETIONS)
-
-
-@router.post("/embeddings")
-async def embeddings(request: Request) -> Response:
-    return await _serve(request, Endpoint.EMBEDDINGS)
+def request_id(request: Request) -> str:
+    """Honour a sane incoming X-Request-ID, else make one (FastAPI routes)."""
+    rid = request.headers.get("x-request-id")
+    if rid is None or not _REQUEST_ID.match(rid):
+        rid = secrets.token_hex(16)
+    request.state.request_id = rid
+    return rid
 
 
 def _model_card(name: str, created: int) -> dict[str, object]:
@@ -128,8 +196,6 @@ async def get_model(model_id: str, request: Request) -> dict[str, object]:
 
 
 async def _authenticate(request: Request) -> Principal:
-    from gateway.auth import bearer_token
-
     request_id(request)
     header = request.headers.get("authorization")
     return await services(request).authenticator.authenticate(bearer_token(header))

@@ -18,7 +18,6 @@ from collections.abc import AsyncGenerator
 from contextlib import aclosing
 
 import orjson
-from starlette.responses import Response
 
 from gateway.auth import Authenticator, bearer_token
 from gateway.config import Settings
@@ -32,6 +31,7 @@ from gateway.request.context import Admitted, RequestContext
 from gateway.request.forward import Forwarder, upstream_body
 from gateway.request.metering import Meter, Usage
 from gateway.request.observe import Observer
+from gateway.request.reply import Reply
 from gateway.request.shadow import ShadowRunner
 from gateway.request.streaming import SSE_HEADERS, SSEResponse, StreamOutcome, UsageTracker, frame
 from gateway.routing.router import RouteDecision, Router
@@ -86,7 +86,9 @@ class Pipeline:
     def new_context(self, request_id: str, endpoint: Endpoint) -> RequestContext:
         return RequestContext(request_id=request_id, endpoint=endpoint)
 
-    async def handle(self, ctx: RequestContext, authorization: str | None, body: bytes) -> Response:
+    async def handle(
+        self, ctx: RequestContext, authorization: str | None, body: bytes
+    ) -> Reply | SSEResponse:
         self.active += 1
         try:
             principal = await self.authenticator.authenticate(bearer_token(authorization))
@@ -291,7 +293,7 @@ class Pipeline:
 
     # ------------------------------------------------------------------ responses
 
-    def _unary_response(self, ctx: RequestContext, payload: bytes) -> Response:
+    def _unary_response(self, ctx: RequestContext, payload: bytes) -> Reply:
         data = orjson.loads(payload)
         raw_usage = data.get("usage") if isinstance(data, dict) else None
         ctx.usage = Usage.parse(raw_usage)
@@ -303,12 +305,7 @@ class Pipeline:
         if self._cost_in_usage and isinstance(raw_usage, dict):
             raw_usage["cost_usd"] = ctx.cost_nusd / 1e9
             payload = orjson.dumps(data)
-        return Response(
-            payload,
-            status_code=200,
-            media_type="application/json",
-            headers=headers.response_headers(ctx, cost_header=self._cost_header),
-        )
+        return Reply(payload, headers.response_headers(ctx, cost_header=self._cost_header))
 
 
 class StreamLifecycle:
