@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import subprocess
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -34,12 +33,12 @@ import orjson
 import uvloop
 
 from bench import machine
-from bench.loadgen import ConnectionPool, PhaseResult, Target, open_loop, percentiles_ms
+from bench.loadgen import ConnectionPool, PhaseResult, Target, open_loop
+from bench.results import RESULTS, add_arguments, git_state, out_dir, stamp, write_json
 from bench.rig import CLIENT_MODEL, ENGINE_MODEL, HOST, Rig, ledger_rows
+from bench.stats import percentiles_ms
 from bench.summary import Targets, summarize_variant
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "bench" / "results"
 PROMPT = "Summarise the benefits of a gateway in front of self-hosted engines."
 PACKAGES = ("uvicorn", "starlette", "fastapi", "httpx", "httpcore", "uvloop", "httptools",
             "orjson", "pydantic", "aiohttp")  # fmt: skip
@@ -239,22 +238,12 @@ def _print_block(label: str, r: PhaseResult) -> None:
 # ---------------------------------------------------------------------------- entry point
 
 
-def git_state() -> dict[str, Any]:
-    def git(*args: str) -> str:
-        return subprocess.run(
-            ["git", *args], cwd=ROOT, capture_output=True, text=True, check=False
-        ).stdout.strip()
-
-    changed = [ln[3:] for ln in git("status", "--porcelain", "--", "gateway").splitlines()]
-    return {"commit": git("rev-parse", "--short", "HEAD"), "gateway_uncommitted": changed}
-
-
 def run(cfg: BenchConfig) -> dict[str, Any]:
     from bench import profiling, report
 
     started = time.time()
     report_data: dict[str, Any] = {
-        "generated_at": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "generated_at": stamp(),
         "git": git_state(),
         "machine": machine.describe(PACKAGES),
         "settings": settings_of(cfg),
@@ -290,10 +279,7 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
         finally:
             rig.stop()
     report_data["elapsed_s"] = round(time.time() - started, 1)
-    cfg.out_dir.mkdir(parents=True, exist_ok=True)
-    (cfg.out_dir / "overhead.json").write_bytes(
-        orjson.dumps(report_data, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS)
-    )
+    write_json(cfg.out_dir / "overhead.json", report_data)
     report.write_markdown(report_data, cfg.out_dir / "overhead.md")
     report.plot(report_data, cfg.out_dir / "overhead.png")
     return report_data
@@ -427,15 +413,12 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
         default=",".join(VARIANTS),
         help=f"comma-separated, from: {', '.join(VARIANTS)}",
     )
-    p.add_argument("--quick", action="store_true", help="about one minute in all (for CI)")
+    add_arguments(p, "about one minute in all (for CI), to bench/results/quick/")
     p.add_argument(
         "--profile",
         action="store_true",
         help="also sample the gateway with py-spy under the unary load",
     )
-    p.add_argument("--out", type=Path,
-                   help="results directory (bench/results; quick: bench/results/quick, so a "
-                   "quick run never overwrites the full results)")  # fmt: skip
     p.add_argument(
         "--wait-quiet",
         type=float,
@@ -481,7 +464,7 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
         max_tokens=a.max_tokens,
         pin=pin,
         variants=names,
-        out_dir=a.out or (RESULTS / "quick" if a.quick else RESULTS),
+        out_dir=out_dir(a.quick, a.out),
         profile=a.profile,
         quick=a.quick,
         wait_quiet_s=a.wait_quiet if a.wait_quiet is not None else (30.0 if a.quick else 300.0),

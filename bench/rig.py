@@ -92,7 +92,7 @@ class Rig:
     @contextlib.contextmanager
     def _redis(self, data_dir: Path) -> Iterator[Any]:
         """A redis-server for the variant, on the stand-in's core (as a sidecar would be)."""
-        from tests.quotas.redis_server import RedisServer
+        from tests.support.redis_server import RedisServer
 
         server = RedisServer(data_dir, appendfsync="everysec").start()
         assert server.proc is not None
