@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from bench import stats
 from bench.loadgen import PhaseResult
+from bench.overhead_config import BenchConfig, Variant
 from bench.stats import percentiles_ms
-
-if TYPE_CHECKING:
-    from bench.overhead import BenchConfig, Variant
 
 PERCENTILES = (50.0, 90.0, 99.0, 99.9, 100.0)
 #: Percentiles kept in the JSON to redraw the curves without the raw samples.

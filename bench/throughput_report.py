@@ -23,6 +23,8 @@ CPU_STREAM_MS = 0.8
 UNARY_RPS = 2000.0
 STREAM_RPS = 1000.0
 ADDED_FACTOR = 2.0
+#: Other processes may use at most this many cores for a run to count as quiet.
+QUIET_CORES = 0.15
 #: A rate counts as carried when this share of it was answered, with no errors.
 HELD = 0.98
 
@@ -70,6 +72,16 @@ def phase_summary(r: PhaseResult, stream: bool) -> dict[str, Any]:
 # ---------------------------------------------------------------------------- verdicts
 
 
+def ordered(data: dict[str, Any]) -> list[str]:
+    """Target names in run order (the JSON sorts its keys): direct, vllm-router, tollgate…"""
+    rank = {"direct": 0, ROUTER: 1}
+    return sorted(data["targets"], key=lambda n: (rank.get(n, 2), n))
+
+
+def color(data: dict[str, Any], name: str) -> str:
+    return plots.COLORS[ordered(data).index(name) % len(plots.COLORS)]
+
+
 def _phase(data: dict[str, Any], target: str, kind: str, rate: float) -> dict[str, Any] | None:
     t = data["targets"].get(target)
     if t is None:
@@ -99,7 +111,7 @@ def _cpu(data: dict[str, Any], target: str, kind: str) -> tuple[float | None, st
 def judge(data: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per target of issue 12, for each gateway target, marked met or missed."""
     rows: list[dict[str, Any]] = []
-    gateways = [n for n in data["targets"] if n.startswith("tollgate")]
+    gateways = [n for n in ordered(data) if n.startswith("tollgate")]
     router = ROUTER in data["targets"]
     for g in gateways:
         workers = int(data["targets"][g].get("notes", {}).get("workers", 1))
@@ -133,6 +145,8 @@ def judge(data: dict[str, Any]) -> list[dict[str, Any]]:
                 lim = None if ref is None else round(ADDED_FACTOR * ref, 3)
                 met = None if v is None or lim is None else v <= lim and not (p or {})["errors"]
                 note = "" if p is None or not p["errors"] else "requests failed"
+                if ref is not None and ref <= 0:
+                    note = (note + "; " if note else "") + "vllm-router adds nothing measurable"
                 add(f"{label} at {rate:g}/s", v, f"≤ 2 x vllm-router ({lim})", met, ref, note)
     return rows
 
@@ -189,8 +203,8 @@ def markdown(data: dict[str, Any]) -> list[str]:
     )  # fmt: skip
     lines += ["", "## Every phase", ""]
     table = []
-    for name, t in data["targets"].items():
-        for p in t["phases"]:
+    for name in ordered(data):
+        for p in data["targets"][name]["phases"]:
             added = p.get("added_ttft_ms" if p["kind"] == "stream" else "added_ms", {})
             first = p.get("ttft_ms", {}).get("p50") if p["kind"] == "stream" else None
             table.append([
@@ -226,7 +240,8 @@ def checks(data: dict[str, Any]) -> list[str]:
         for kind in ("standin", "raw") if kind in e
     ]  # fmt: skip
     out = [
-        f"Which engine carries {e['rate_rps']:g}/s directly (the load generator on its core):",
+        f"Which engine carries {e['rate_rps']:g}/s directly (load generator on its core)? "
+        f"Rule: {e.get('rule', '-')}; used: `{data['settings']['engine']}`.",
         "",
     ]
     out += md.table(["engine", "answered/s", "errors", "p50 ms", "p99 ms", "engine CPU ms/req"],
@@ -250,6 +265,9 @@ def checks(data: dict[str, Any]) -> list[str]:
         f"load generator, Redis, PostgreSQL) busiest at {max(core1, default=0):.2f} of a core; "
         f"other processes at most {max(foreign, default=0):.2f} cores."
     )
+    if max(foreign, default=0) > QUIET_CORES:
+        out += ["", f"**Not quiet**: other processes used up to {max(foreign):.2f} cores in a "
+                "phase; the figures are noisier than on an idle machine."]  # fmt: skip
     return out
 
 
@@ -259,13 +277,14 @@ def plot(data: dict[str, Any], path: Path) -> None:
         axes,
     ):
         for ax, kind, key in ((axes[0], "unary", "latency_ms"), (axes[1], "stream", "ttft_ms")):
-            for color, (name, t) in zip(plots.COLORS, data["targets"].items(), strict=False):
-                ps = [p for p in t["phases"] if p["kind"] == kind]
+            for name in ordered(data):
+                ps = [p for p in data["targets"][name]["phases"] if p["kind"] == kind]
                 if not ps:
                     continue
                 x = [p["rate"] for p in ps]
-                ax.plot(x, [p[key]["p50"] for p in ps], "-o", color=color, label=f"{name} p50")
-                ax.plot(x, [p[key]["p99"] for p in ps], ":", color=color, label=f"{name} p99")
+                c = color(data, name)
+                ax.plot(x, [p[key]["p50"] for p in ps], "-o", color=c, label=f"{name} p50")
+                ax.plot(x, [p[key]["p99"] for p in ps], ":", color=c, label=f"{name} p99")
                 bad = [p for p in ps if not carried(p)]
                 ax.scatter([p["rate"] for p in bad], [p[key]["p50"] or np.nan for p in bad],
                            marker="x", s=80, color="k", zorder=5)  # fmt: skip
@@ -276,14 +295,14 @@ def plot(data: dict[str, Any], path: Path) -> None:
             ax.grid(True, which="both", alpha=0.25)
             ax.legend(fontsize=7)
         ax = axes[2]
-        names = [n for n in data["targets"] if n != "direct"]
+        names = [n for n in ordered(data) if n != "direct"]
         labels, width = [], 0.8 / max(len(names), 1)
-        phases = [(p["kind"], p["rate"]) for p in next(iter(data["targets"].values()))["phases"]]
+        phases = [(p["kind"], p["rate"]) for p in data["targets"][ordered(data)[0]]["phases"]]
         for i, name in enumerate(names):
             vals = [(_phase(data, name, k, r) or {}).get("cpu_ms_per_request", {}).get("router")
                     for k, r in phases]  # fmt: skip
             xs = [j + (i - (len(names) - 1) / 2) * width for j in range(len(phases))]
-            ax.bar(xs, [v or 0 for v in vals], width, color=plots.COLORS[i + 1], label=name)
+            ax.bar(xs, [v or 0 for v in vals], width, color=color(data, name), label=name)
         labels = [f"{k}\n{r:g}/s" for k, r in phases]
         ax.set_xticks(range(len(phases)), labels, fontsize=7)
         ax.axhline(CPU_UNARY_MS, color="k", ls=":", lw=1, label=f"unary target {CPU_UNARY_MS}")
