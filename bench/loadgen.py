@@ -245,13 +245,6 @@ class PhaseResult:
         return float((sent.size - 1) / (sent.max() - sent.min()))
 
 
-def percentiles_ms(values: np.ndarray, ps: tuple[float, ...]) -> dict[str, float | None]:
-    if values.size == 0:
-        return {f"p{p:g}": None for p in ps}
-    out = np.percentile(values, ps) * 1000
-    return {f"p{p:g}": round(float(v), 3) for p, v in zip(ps, out, strict=True)}
-
-
 # ---------------------------------------------------------------------------- open loop
 
 Progress = Callable[[dict[str, Any]], None]

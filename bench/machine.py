@@ -89,3 +89,39 @@ def renice(pid: int, nice: int) -> bool:
     except PermissionError:
         return False
     return True
+
+
+def descendants(pid: int) -> list[int]:
+    """The live child processes of ``pid``, their children, and so on."""
+    out: list[int] = []
+    todo = [pid]
+    while todo:
+        parent = todo.pop()
+        with contextlib.suppress(OSError):
+            for tid in os.listdir(f"/proc/{parent}/task"):
+                with contextlib.suppress(OSError):
+                    kids = Path(f"/proc/{parent}/task/{tid}/children").read_text().split()
+                    todo += [int(k) for k in kids]
+                    out += [int(k) for k in kids]
+    return out
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of ``pid`` and its live descendants (a multi-worker server's total)."""
+    total = 0.0
+    for p in (pid, *descendants(pid)):
+        with contextlib.suppress(OSError):
+            total += cpu_seconds(p)
+    return total
+
+
+def wait_idle(pids: list[int], below: float = 0.05, max_wait: float = 15.0) -> float:
+    """Wait until ``pids`` together use under ``below`` of a core over 0.3 s (an
+    overloaded server finishing its backlog); return the seconds waited."""
+    start = time.monotonic()
+    while time.monotonic() - start < max_wait:
+        before = sum(tree_cpu_seconds(p) for p in pids)
+        time.sleep(0.3)
+        if (sum(tree_cpu_seconds(p) for p in pids) - before) / 0.3 < below:
+            break
+    return time.monotonic() - start

@@ -23,10 +23,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import subprocess
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,99 +32,16 @@ import orjson
 import uvloop
 
 from bench import machine
-from bench.loadgen import ConnectionPool, PhaseResult, Target, open_loop, percentiles_ms
+from bench.loadgen import ConnectionPool, PhaseResult, Target, open_loop
+from bench.overhead_config import VARIANTS, BenchConfig, Variant
+from bench.results import add_arguments, git_state, out_dir, stamp, write_json
 from bench.rig import CLIENT_MODEL, ENGINE_MODEL, HOST, Rig, ledger_rows
+from bench.stats import percentiles_ms
 from bench.summary import Targets, summarize_variant
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "bench" / "results"
 PROMPT = "Summarise the benefits of a gateway in front of self-hosted engines."
 PACKAGES = ("uvicorn", "starlette", "fastapi", "httpx", "httpcore", "uvloop", "httptools",
             "orjson", "pydantic", "aiohttp")  # fmt: skip
-
-
-@dataclass(frozen=True)
-class Variant:
-    """One gateway configuration measured against the same engine."""
-
-    name: str
-    description: str
-    stream: bool
-    #: Config sections merged over the bench's base config.
-    overrides: dict[str, Any] = field(default_factory=dict)
-    #: The headline variants are judged against the targets; the others show a cost.
-    headline: bool = False
-    #: Run a redis-server (loopback, AOF fsync every second) and keep quotas there.
-    redis: bool = False
-
-
-VARIANTS: dict[str, Variant] = {
-    v.name: v
-    for v in (
-        Variant("unary", "non-streaming, access log off, ledger off", False, headline=True),
-        Variant("stream", "streaming, access log off, ledger off", True, headline=True),
-        Variant(
-            "unary_access_log",
-            "non-streaming, access log on (JSON lines to the gateway's log file)",
-            False,
-            {"server": {"access_log": True}},
-        ),
-        Variant(
-            "unary_ledger",
-            "non-streaming, ledger on (SQLite, batched writer)",
-            False,
-            {"ledger": {"enabled": True}},
-        ),
-        Variant(
-            "unary_quotas_off",
-            "non-streaming, quotas off (the reference for the quota variants)",
-            False,
-            {"quotas": {"enabled": False}},
-        ),
-        Variant(
-            "unary_quotas_redis",
-            "non-streaming, quotas in Redis on loopback (AOF, fsync every second)",
-            False,
-            redis=True,
-        ),
-    )
-}
-
-
-@dataclass(frozen=True)
-class BenchConfig:
-    rate: float = 300.0
-    duration: float = 20.0
-    warmup: float = 3.0
-    blocks: int = 2
-    arrivals: str = "uniform"
-    ttft_ms: float = 20.0
-    tpot_ms: float = 2.0
-    max_tokens: int = 16
-    max_num_seqs: int = 256
-    pin: str = "gateway0"
-    variants: tuple[str, ...] = tuple(VARIANTS)
-    out_dir: Path = RESULTS
-    profile: bool = False
-    quick: bool = False
-    #: Other processes may use at most this many cores while a variant runs.
-    quiet_cores: float = 0.15
-    #: How long to wait for the machine to become that quiet before each variant.
-    wait_quiet_s: float = 300.0
-    #: Nice value for the gateway, stand-in and load generator (None: leave as is).
-    nice: int | None = None
-    #: The headline variants again at these rates (how the overhead grows with load).
-    extra_rates: tuple[float, ...] = ()
-    #: Request rate while py-spy samples the gateway.
-    profile_rate: float = 150.0
-    #: Rate for the access-log and ledger variants (None: see ``healthy_rate``).
-    variant_rate: float | None = None
-    #: After the last request of a block is sent, wait this long for answers (then: timeout).
-    drain_s: float = 30.0
-
-    @property
-    def engine_unary_ms(self) -> float:
-        return self.ttft_ms + (self.max_tokens - 1) * self.tpot_ms
 
 
 # ---------------------------------------------------------------------------- measuring
@@ -239,22 +154,12 @@ def _print_block(label: str, r: PhaseResult) -> None:
 # ---------------------------------------------------------------------------- entry point
 
 
-def git_state() -> dict[str, Any]:
-    def git(*args: str) -> str:
-        return subprocess.run(
-            ["git", *args], cwd=ROOT, capture_output=True, text=True, check=False
-        ).stdout.strip()
-
-    changed = [ln[3:] for ln in git("status", "--porcelain", "--", "gateway").splitlines()]
-    return {"commit": git("rev-parse", "--short", "HEAD"), "gateway_uncommitted": changed}
-
-
 def run(cfg: BenchConfig) -> dict[str, Any]:
     from bench import profiling, report
 
     started = time.time()
     report_data: dict[str, Any] = {
-        "generated_at": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "generated_at": stamp(),
         "git": git_state(),
         "machine": machine.describe(PACKAGES),
         "settings": settings_of(cfg),
@@ -284,16 +189,13 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
                 _wait_quiet(cfg)
                 with rig.gateway_for(VARIANTS["unary"]):
                     report_data["profile"] = profiling.profile_gateway(
-                        rig, VARIANTS["unary"], cfg.profile_rate, max(5.0, cfg.duration / 2),
-                        cfg.out_dir,
+                        rig, targets_for(rig, VARIANTS["unary"])["gateway"], "unary",
+                        cfg.profile_rate, max(5.0, cfg.duration / 2), cfg.out_dir,
                     )  # fmt: skip
         finally:
             rig.stop()
     report_data["elapsed_s"] = round(time.time() - started, 1)
-    cfg.out_dir.mkdir(parents=True, exist_ok=True)
-    (cfg.out_dir / "overhead.json").write_bytes(
-        orjson.dumps(report_data, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS)
-    )
+    write_json(cfg.out_dir / "overhead.json", report_data)
     report.write_markdown(report_data, cfg.out_dir / "overhead.md")
     report.plot(report_data, cfg.out_dir / "overhead.png")
     return report_data
@@ -427,15 +329,12 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
         default=",".join(VARIANTS),
         help=f"comma-separated, from: {', '.join(VARIANTS)}",
     )
-    p.add_argument("--quick", action="store_true", help="about one minute in all (for CI)")
+    add_arguments(p, "about one minute in all (for CI), to bench/results/quick/")
     p.add_argument(
         "--profile",
         action="store_true",
         help="also sample the gateway with py-spy under the unary load",
     )
-    p.add_argument("--out", type=Path,
-                   help="results directory (bench/results; quick: bench/results/quick, so a "
-                   "quick run never overwrites the full results)")  # fmt: skip
     p.add_argument(
         "--wait-quiet",
         type=float,
@@ -481,7 +380,7 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
         max_tokens=a.max_tokens,
         pin=pin,
         variants=names,
-        out_dir=a.out or (RESULTS / "quick" if a.quick else RESULTS),
+        out_dir=out_dir(a.quick, a.out),
         profile=a.profile,
         quick=a.quick,
         wait_quiet_s=a.wait_quiet if a.wait_quiet is not None else (30.0 if a.quick else 300.0),

@@ -17,7 +17,7 @@ from typing import Any
 
 import uvloop
 
-from bench.loadgen import ConnectionPool, open_loop
+from bench.loadgen import ConnectionPool, Target, open_loop
 from bench.machine import cpu_seconds
 
 #: Pipeline stages and other spots whose inclusive time is worth a line of its own.
@@ -47,18 +47,16 @@ def py_spy() -> str | None:
 
 
 def profile_gateway(
-    rig: Any, variant: Any, rate: float, seconds: float, out_dir: Path
+    rig: Any, target: Target, name: str, rate: float, seconds: float, out_dir: Path
 ) -> dict[str, Any]:
-    """Sample the running gateway while the open-loop load drives it; summarize."""
-    from bench.overhead import targets_for
+    """Sample the running gateway while the open-loop load on ``target`` drives it."""
     from bench.rig import HOST
 
     exe = py_spy()
     if exe is None:
         return {"error": "py-spy is not installed (pip install py-spy)"}
-    raw = out_dir / f"profile-{variant.name}.txt"
+    raw = out_dir / f"profile-{name}.txt"
     out_dir.mkdir(parents=True, exist_ok=True)
-    target = targets_for(rig, variant)["gateway"]
 
     cpu = 0.0
 

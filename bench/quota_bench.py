@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import os
 import shutil
 import statistics
@@ -41,7 +40,8 @@ import orjson
 import uvloop
 from redis.asyncio import Redis
 
-from bench import machine
+from bench import machine, plots, results, stats
+from bench import markdown as md
 from gateway.auth import Limits, Principal
 from gateway.config import QuotaSettings
 from gateway.quotas.base import Demand, QuotaStore, Reservation, Unlimited
@@ -49,9 +49,9 @@ from gateway.quotas.fallback import FailoverQuotaStore
 from gateway.quotas.link import RedisLink
 from gateway.quotas.local import LocalQuotaStore
 from gateway.quotas.redis import RedisQuotaStore
-from tests.quotas.redis_server import RedisServer
+from tests.support.redis_server import RedisServer
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = results.RESULTS
 BIG = 10**9
 PRINCIPAL = Principal(
     key_id="bench",
@@ -82,22 +82,13 @@ class Config:
     redis_url: str | None = None
 
 
-def pcts(values_s: list[float]) -> dict[str, float]:
+def pcts(values_s: list[float]) -> dict[str, float | None]:
     """p50/p90/p99/mean in microseconds."""
-    v = sorted(values_s)
-    if not v:
+    if not values_s:
         return {}
-
-    def q(p: float) -> float:
-        return round(v[min(len(v) - 1, int(p * len(v)))] * 1e6, 1)
-
-    return {
-        "p50_us": q(0.50),
-        "p90_us": q(0.90),
-        "p99_us": q(0.99),
-        "mean_us": round(statistics.fmean(v) * 1e6, 1),
-        "n": len(v),
-    }
+    names = ("p50_us", "p90_us", "p99_us")
+    out = stats.percentiles(values_s, (50, 90, 99), names=names, scale=1e6, digits=1)
+    return out | {"mean_us": stats.mean(values_s, scale=1e6, digits=1), "n": len(values_s)}
 
 
 def _pin(pid: int, cpus: set[int] | None) -> None:
@@ -474,30 +465,27 @@ def write_markdown(data: dict[str, Any], path: Path) -> None:
         "",
         f"## Sequential, one call at a time ({c['iterations']} pairs)",
         "",
-        "| store | reserve p50 | reserve p99 | settle p50 | settle p99 | pair p50 | pair p99 |",
-        "|---|---|---|---|---|---|---|",
     ]
-    for kind, r in data["sequential"].items():
-        lines.append(
-            f"| {kind} | {r['reserve']['p50_us']} µs | {r['reserve']['p99_us']} µs | "
-            f"{r['settle']['p50_us']} µs | {r['settle']['p99_us']} µs | "
-            f"{r['reserve_settle']['p50_us']} µs | {r['reserve_settle']['p99_us']} µs |"
-        )
+    lines += md.table(
+        ["store", "reserve p50", "reserve p99", "settle p50", "settle p99", "pair p50",
+         "pair p99"],
+        [[kind, *(f"{r[op][p]} µs" for op in ("reserve", "settle", "reserve_settle")
+                  for p in ("p50_us", "p99_us"))]
+         for kind, r in data["sequential"].items()],
+    )  # fmt: skip
     lines += [
         "",
         f"## Quotas on vs off at {c['rate']:g} req/s (ABBA, {c['blocks']} blocks, "
         f"{c['duration']:g} s per store, {c['engine_ms']:g} ms simulated engine)",
         "",
-        "| store | added p50 | added p99 | check p50 under load | check p99 under load "
-        "| other load at start |",
-        "|---|---|---|---|---|---|",
     ]
-    for kind, r in data["paced"].items():
-        ch = r["check_under_load"]
-        lines.append(
-            f"| {kind} | {r['added_p50_us']} µs | {r['added_p99_us']} µs | "
-            f"{ch['p50_us']} µs | {ch['p99_us']} µs | {r['background_load_cores']} cores |"
-        )
+    lines += md.table(
+        ["store", "added p50", "added p99", "check p50 under load", "check p99 under load",
+         "other load at start"],
+        [[kind, f"{r['added_p50_us']} µs", f"{r['added_p99_us']} µs",
+          f"{r['check_under_load']['p50_us']} µs", f"{r['check_under_load']['p99_us']} µs",
+          f"{r['background_load_cores']} cores"] for kind, r in data["paced"].items()],
+    )  # fmt: skip
     if "paired" in data:
         pr = data["paired"]
         first = pr["runs"][0]
@@ -514,24 +502,25 @@ def write_markdown(data: dict[str, Any], path: Path) -> None:
             "differ by more than their own intervals (which process got which luck on "
             "a shared 2-vCPU VM), so the figure is the median over runs.",
             "",
-            "| run | quotas off p50 | Redis quotas p50 | Redis quotas add p50 (95% interval) "
-            "| add p99 | gateway CPU / request, off → Redis | redis-server CPU / request "
-            "| requests each | failed |",
-            "|---|---|---|---|---|---|---|---|---|",
         ]
+        rows: list[list[object]] = []
         for i, r in enumerate(pr["runs"], 1):
             lo, hi = r["added_p50_ci95_us"]
             cpu = r["cpu_us_per_request"]
-            lines.append(
-                f"| {i} | {r['off_p50_ms']} ms | {r['redis_p50_ms']} ms | "
-                f"{r['added_p50_us']} µs ({lo} … {hi}) | {r['added_p99_us']} µs | "
-                f"{cpu['off']} → {cpu['redis']} µs | {cpu['redis-server']} µs | "
-                f"{r['requests_per_gateway']} | {r['failed']} |"
-            )
-        lines += [
-            f"| **median** | | | **{pr['added_p50_us_median']} µs** | "
-            f"{pr['added_p99_us_median']} µs | | | | |",
-        ]
+            rows.append([
+                i, f"{r['off_p50_ms']} ms", f"{r['redis_p50_ms']} ms",
+                f"{r['added_p50_us']} µs ({lo} … {hi})", f"{r['added_p99_us']} µs",
+                f"{cpu['off']} → {cpu['redis']} µs", f"{cpu['redis-server']} µs",
+                r["requests_per_gateway"], r["failed"],
+            ])  # fmt: skip
+        rows.append(["**median**", "", "", f"**{pr['added_p50_us_median']} µs**",
+                     f"{pr['added_p99_us_median']} µs", "", "", "", ""])  # fmt: skip
+        lines += md.table(
+            ["run", "quotas off p50", "Redis quotas p50", "Redis quotas add p50 (95% interval)",
+             "add p99", "gateway CPU / request, off → Redis", "redis-server CPU / request",
+             "requests each", "failed"],
+            rows,
+        )  # fmt: skip
     if "end_to_end" in data:
         e2e = data["end_to_end"]
         lines += [
@@ -542,14 +531,13 @@ def write_markdown(data: dict[str, Any], path: Path) -> None:
             "measured ABBA against the engine directly; the key has all six limits and a "
             f"team. Details: [{e2e['details']}]({e2e['details']}).",
             "",
-            "| quotas | gateway adds p50 | gateway adds p99 | quotas add p50 (vs off) | failed |",
-            "|---|---|---|---|---|",
         ]
-        for name, row in e2e["rows"].items():
-            lines.append(
-                f"| {E2E_LABELS[name]} | {row['added_p50_ms']} ms | {row['added_p99_ms']} ms | "
-                f"{row['vs_off_p50_us']} µs | {row['failed']} |"
-            )
+        lines += md.table(
+            ["quotas", "gateway adds p50", "gateway adds p99", "quotas add p50 (vs off)",
+             "failed"],
+            [[E2E_LABELS[name], f"{row['added_p50_ms']} ms", f"{row['added_p99_ms']} ms",
+              f"{row['vs_off_p50_us']} µs", row["failed"]] for name, row in e2e["rows"].items()],
+        )  # fmt: skip
     lines += [
         "",
         f"Target: {data['target']}.",
@@ -579,16 +567,11 @@ def write_markdown(data: dict[str, Any], path: Path) -> None:
         "until this comparison; under the same 300 req/s its check cost 609 µs p50 and added",
         "641 µs (see git history of this file).",
     ]
-    path.write_text("\n".join(lines) + "\n")
+    results.write_markdown(path, lines)
 
 
 def plot(data: dict[str, Any], path: Path) -> None:
     """What Redis quotas add, each measure side by side with the target."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     bars: list[tuple[str, float, tuple[float, float] | None]] = []
     paced = data["paced"]["redis"]
     bars.append(("check\nunder load", paced["check_under_load"]["p50_us"], None))
@@ -596,7 +579,11 @@ def plot(data: dict[str, Any], path: Path) -> None:
     for i, r in enumerate(data.get("paired", {}).get("runs", ()), 1):
         lo, hi = r["added_p50_ci95_us"]
         bars.append((f"gateway\nrun {i}", r["added_p50_us"], (lo, hi)))
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.0 + 0.9 * len(bars)), 3.6))
+    with plots.figure(path, size=(max(6.0, 1.0 + 0.9 * len(bars)), 3.6)) as (_, (ax,)):
+        _draw(ax, data, bars)
+
+
+def _draw(ax: Any, data: dict[str, Any], bars: list[tuple[str, float, Any]]) -> None:
     xs = range(len(bars))
     values = [b[1] for b in bars]
     ax.bar(xs, values, color=["#4c72b0"] * 2 + ["#55a868"] * (len(bars) - 2))
@@ -618,9 +605,6 @@ def plot(data: dict[str, Any], path: Path) -> None:
         "blue: in one process; green: whole gateway, paired runs (95% intervals)",
         fontsize=10,
     )
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -629,7 +613,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--rate", type=float, default=300.0)
     ap.add_argument("--duration", type=float, default=20.0)
     ap.add_argument("--redis-url", default=None)
-    ap.add_argument("--quick", action="store_true", help="A short run (smoke test).")
+    results.add_arguments(ap)
     ap.add_argument(
         "--no-e2e",
         action="store_true",
@@ -648,7 +632,6 @@ def main(argv: list[str] | None = None) -> None:
         help="also measure each store's gateway against the engine directly, in separate "
         "runs (bench.overhead; about 4 minutes; differences under ~0.2 ms are noise)",
     )
-    ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
     cfg = Config(
         iterations=500 if args.quick else args.iterations,
@@ -678,11 +661,11 @@ def main(argv: list[str] | None = None) -> None:
         e2e_redis = data["end_to_end"]["rows"].get("unary_quotas_redis")
         if e2e_redis is not None:
             data["target_met"]["end_to_end_vs_off_p50"] = e2e_redis["vs_off_p50_us"] <= 500
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "quotas.json").write_text(json.dumps(data, indent=2) + "\n")
-    write_markdown(data, args.out / "quotas.md")
-    plot(data, args.out / "quotas.png")
-    print((args.out / "quotas.md").read_text())
+    out = results.out_dir(args.quick, args.out)
+    results.write_json(out / "quotas.json", data)
+    write_markdown(data, out / "quotas.md")
+    plot(data, out / "quotas.png")
+    print((out / "quotas.md").read_text())
 
 
 if __name__ == "__main__":

@@ -5,18 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from bench import markdown as md
+from bench import plots, results
+
 NINES = (50, 90, 99, 99.9)
 
 
-def _f(v: float | None, digits: int = 2) -> str:
-    return "-" if v is None else f"{v:.{digits}f}"
+_f = md.num
 
 
 def _ci(d: dict[str, Any], key: str) -> str:
-    v, ci = d.get(f"{key}_ms"), d.get(f"{key}_ci95_ms")
-    if v is None:
-        return "-"
-    return f"{v:+.2f} ({ci[0]:+.2f} … {ci[1]:+.2f})" if ci else f"{v:+.2f}"
+    return md.interval(d.get(f"{key}_ms"), d.get(f"{key}_ci95_ms"))
 
 
 def _label(name: str, v: dict[str, Any]) -> str:
@@ -56,7 +55,7 @@ def write_markdown(data: dict[str, Any], path: Path) -> None:
     out = [
         "# Gateway overhead",
         "",
-        f"Generated {data['generated_at']} by `python -m bench.overhead"
+        f"Generated {data['generated_at']} by `python -m bench overhead"
         f"{' --quick' if s['quick'] else ''}` in {data.get('elapsed_s', '?')} s, gateway at "
         f"commit `{git['commit']}`{dirty}.",
         "",
@@ -72,10 +71,8 @@ def write_markdown(data: dict[str, Any], path: Path) -> None:
         "",
         "## Added by the gateway",
         "",
-        "| scenario | added p50 ms | added p99 ms | added TTFT p50 ms | gateway failed | "
-        "targets | gateway CPU / request | gateway core busy |",
-        "|---|---|---|---|---|---|---|---|",
     ]
+    rows: list[list[object]] = []
     for name, v in variants.items():
         tgt = "; ".join(
             f"{k.removeprefix('added_').removesuffix('_ms').replace('_', ' ')} ≤ {t['limit']:g}"
@@ -85,34 +82,36 @@ def write_markdown(data: dict[str, Any], path: Path) -> None:
         if not v["headline"]:
             tgt = f"({tgt}; reference)"
         g = v["gateway"]
-        out.append(
-            f"| {_label(name, v)} | {_ci(v['added_latency'], 'p50')} | "
-            f"{_ci(v['added_latency'], 'p99')} | "
-            f"{_ci(v['added_ttft'], 'p50') if v['stream'] else '-'} | "
-            f"{100 * v['gateway_error_rate']:.1f}% | {tgt} | "
-            f"{_f(g['cpu_ms_per_request']['gateway'])} ms | "
-            f"{100 * g['cpu_core_share']['gateway']:.0f}% |"
-        )
-    for name, why in data.get("skipped", {}).items():
-        out.append(f"| {name} | skipped: {why} | | | | | | |")
-    out += [
-        "",
-        "## Latency by path",
-        "",
-        "| scenario | path | ok / sent | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | "
-        "TTFT p50 ms | TTFT p99 ms | send lag p99 ms |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
+        rows.append([
+            _label(name, v), _ci(v["added_latency"], "p50"), _ci(v["added_latency"], "p99"),
+            _ci(v["added_ttft"], "p50") if v["stream"] else "-",
+            f"{100 * v['gateway_error_rate']:.1f}%", tgt,
+            f"{_f(g['cpu_ms_per_request']['gateway'])} ms",
+            f"{100 * g['cpu_core_share']['gateway']:.0f}%",
+        ])  # fmt: skip
+    rows += [[name, f"skipped: {why}", "", "", "", "", "", ""]
+             for name, why in data.get("skipped", {}).items()]  # fmt: skip
+    out += md.table(
+        ["scenario", "added p50 ms", "added p99 ms", "added TTFT p50 ms", "gateway failed",
+         "targets", "gateway CPU / request", "gateway core busy"],
+        rows,
+    )  # fmt: skip
+    out += ["", "## Latency by path", ""]
+    rows = []
     for name, v in variants.items():
         for path_name in ("direct", "gateway"):
             p = v[path_name]
             lat, ttft = p["latency_ms"], p.get("ttft_ms", {})
-            out.append(
-                f"| {_label(name, v)} | {path_name} | {p['ok']} / {p['requests']} | "
-                f"{_f(lat['p50'])} | {_f(lat['p90'])} | {_f(lat['p99'])} | {_f(lat['p99.9'])} | "
-                f"{_f(lat['p100'])} | {_f(ttft.get('p50'))} | {_f(ttft.get('p99'))} | "
-                f"{_f(p['send_lag_ms']['p99'])} |"
-            )
+            rows.append([
+                _label(name, v), path_name, f"{p['ok']} / {p['requests']}", _f(lat["p50"]),
+                _f(lat["p90"]), _f(lat["p99"]), _f(lat["p99.9"]), _f(lat["p100"]),
+                _f(ttft.get("p50")), _f(ttft.get("p99")), _f(p["send_lag_ms"]["p99"]),
+            ])  # fmt: skip
+    out += md.table(
+        ["scenario", "path", "ok / sent", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "max ms",
+         "TTFT p50 ms", "TTFT p99 ms", "send lag p99 ms"],
+        rows,
+    )  # fmt: skip
     out += ["", "## Interpretation", "", *interpretation(data)]
     if "profile" in data:
         out += [
@@ -141,11 +140,11 @@ def write_markdown(data: dict[str, Any], path: Path) -> None:
         f"- Request: POST {s['request']['endpoint']}, one short user message, max_tokens "
         f"{s['engine']['max_tokens']}; streams ask for `stream_options.include_usage`.",
         "",
-        "Re-run: `python -m bench.overhead` (about 8 minutes with the lower rates; `--quick` "
+        "Re-run: `python -m bench overhead` (about 8 minutes with the lower rates; `--quick` "
         "about 1 minute; `--profile` adds the py-spy section). Raw numbers: `overhead.json`.",
         "",
     ]
-    path.write_text("\n".join(out))
+    results.write_markdown(path, out)
 
 
 def interpretation(data: dict[str, Any]) -> list[str]:
@@ -258,29 +257,35 @@ def profile_section(p: dict[str, Any]) -> list[str]:
         f"attached); raw collapsed stacks in `{p['file']}`. Shares are of the gateway's busy "
         "time.",
         "",
-        "| inclusive (on the stack) | share |",
-        "|---|---|",
     ]
-    out += [f"| {name} | {pct}% |" for name, _, pct in p["inclusive"]]
-    out += ["", "| self time by module | share |", "|---|---|"]
-    out += [f"| {name} | {pct}% |" for name, _, pct in p["self_by_module"][:12]]
-    out += ["", "| self time by function | share |", "|---|---|"]
-    out += [f"| `{name}` | {pct}% |" for name, _, pct in p["self_by_function"][:12]]
+    sections = (
+        ("inclusive (on the stack)", p["inclusive"], "{}"),
+        ("self time by module", p["self_by_module"][:12], "{}"),
+        ("self time by function", p["self_by_function"][:12], "`{}`"),
+    )
+    for title, rows, name in sections:
+        out += [
+            *md.table([title, "share"], [[name.format(n), f"{pct}%"] for n, _, pct in rows]),
+            "",
+        ]
     return out
 
 
 def plot(data: dict[str, Any], path: Path) -> None:
-    import matplotlib
+    v = data["variants"]
+    panels = [(n, m) for n, m in (("unary", "latency"), ("stream", "ttft")) if n in v]
+    title = (
+        f"Tollgate overhead: one worker, {data['machine']['cores']}-core {data['machine']['cpu']}"
+    )
+    with plots.figure(path, len(panels) + 1, title=title) as (_, axes):
+        _draw(data, panels, axes)
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+
+def _draw(data: dict[str, Any], panels: list[tuple[str, str]], axes: list[Any]) -> None:
     import numpy as np
 
     v = data["variants"]
     rate = data["settings"]["rate_rps"]
-    panels = [(n, m) for n, m in (("unary", "latency"), ("stream", "ttft")) if n in v]
-    fig, axes = plt.subplots(1, len(panels) + 1, figsize=(5.4 * (len(panels) + 1), 5.0))
-    axes = np.atleast_1d(axes)
     others = {"unary_access_log": ("#55a868", "access log on"),
               "unary_ledger": ("#c44e52", "ledger on")}  # fmt: skip
     greys = ["#8172b3", "#937860", "#da8bc3"]
@@ -336,13 +341,6 @@ def plot(data: dict[str, Any], path: Path) -> None:
     ax.set_title("Added by the gateway (gateway minus direct)", fontsize=10)
     ax.grid(True, axis="y", alpha=0.3)
     ax.legend(fontsize=7, loc="upper left")
-    fig.suptitle(
-        f"Tollgate overhead: one worker, {data['machine']['cores']}-core {data['machine']['cpu']}",
-        fontsize=11,
-    )
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def _short_ms(value: float) -> str:

@@ -7,13 +7,11 @@ import os
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from bench import machine
+from bench.overhead_config import BenchConfig, Variant
 from engines.standin import StandinProcess
-
-if TYPE_CHECKING:
-    from bench.overhead import BenchConfig, Variant
 
 HOST = "127.0.0.1"
 ENGINE_MODEL = "standin-bench"
@@ -92,7 +90,7 @@ class Rig:
     @contextlib.contextmanager
     def _redis(self, data_dir: Path) -> Iterator[Any]:
         """A redis-server for the variant, on the stand-in's core (as a sidecar would be)."""
-        from tests.quotas.redis_server import RedisServer
+        from tests.support.redis_server import RedisServer
 
         server = RedisServer(data_dir, appendfsync="everysec").start()
         assert server.proc is not None

@@ -1,6 +1,6 @@
 """Microbenchmark of the routing decision (``Router.decide``), per policy and balancer.
 
-    python -m bench.routing_bench [--calls 20000] [--out bench/results]
+    python -m bench routing [--calls 20000] [--quick] [--out DIR]
 
 Each scenario builds a Router exactly as the gateway does (from Settings), then times
 ``decide`` one call at a time with ``perf_counter_ns`` over a fixed, seeded mix of
@@ -8,22 +8,23 @@ requests: short and long texts (up to 6 KB), some with tools, JSON mode, long ou
 keys near their budget; engines carry live-looking load (in-flight counts and scraped
 queue metrics). The target is p99 <= 100 us. The timer's own cost (~0.1 us) is included.
 
-Writes ``routing_bench.json`` and ``routing_bench.png`` and refreshes ``routing.md``.
+Writes ``routing.json`` and ``routing.png`` and refreshes ``routing.md``.
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
-import json
 import os
 import platform
 import random
-import statistics
 import time
 from pathlib import Path
 from typing import Any
 
+from bench import markdown as md
+from bench import plots, results
+from bench.stats import mean, percentiles
 from gateway.config import Settings
 from gateway.routing.features import Features
 from gateway.routing.health import Breakers
@@ -199,20 +200,10 @@ def bench_one(spec: dict[str, Any], reqs: list[Features], calls: int) -> dict[st
         if gc_was:
             gc.enable()
 
-    def summary(samples: list[int]) -> dict[str, float]:
-        us = sorted(s / 1000 for s in samples)
-
-        def pct(p: float) -> float:
-            return round(us[min(len(us) - 1, int(p / 100 * len(us)))], 2)
-
-        return {
-            "p50_us": pct(50),
-            "p90_us": pct(90),
-            "p99_us": pct(99),
-            "p999_us": pct(99.9),
-            "max_us": round(us[-1], 2),
-            "mean_us": round(statistics.fmean(us), 2),
-        }
+    def summary(samples: list[int]) -> dict[str, float | None]:
+        names = ("p50_us", "p90_us", "p99_us", "p999_us", "max_us")
+        out = percentiles(samples, (50, 90, 99, 99.9, 100), names=names, scale=1e-3, digits=2)
+        return out | {"mean_us": mean(samples, scale=1e-3, digits=2)}
 
     w, c = summary(walls), summary(cpus)
     return {
@@ -247,16 +238,15 @@ def run(calls: int) -> dict[str, Any]:
 
 
 def plot(data: dict[str, Any], path: Path) -> None:
-    import matplotlib
+    with plots.figure(path, size=(9, 5.2), dpi=120) as (_, (ax,)):
+        _draw(data, ax)
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
+def _draw(data: dict[str, Any], ax: Any) -> None:
     names = list(data["scenarios"])
     p50 = [data["scenarios"][n]["cpu"]["p50_us"] for n in names]
     p99 = [data["scenarios"][n]["cpu"]["p99_us"] for n in names]
     wall99 = [data["scenarios"][n]["p99_us"] for n in names]
-    fig, ax = plt.subplots(figsize=(9, 5.2))
     y = range(len(names))
     ax.barh([i - 0.27 for i in y], p50, height=0.27, label="CPU p50", color="#1f77b4")
     ax.barh(list(y), p99, height=0.27, label="CPU p99", color="#d62728")
@@ -268,15 +258,12 @@ def plot(data: dict[str, Any], path: Path) -> None:
     ax.set_xlabel("Router.decide latency (us)")
     ax.set_title("Routing decision cost per policy")
     ax.legend(loc="upper right", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def _micro_section(data: dict[str, Any]) -> list[str]:
     calls = next(iter(data["scenarios"].values()))["calls"]
     lines = [
-        "## Routing decision cost (`bench/routing_bench.py`)",
+        "## Routing decision cost (`python -m bench routing`)",
         "",
         f"`Router.decide` timed call by call ({calls} calls per scenario, seeded request"
         " mix: 8 to 1000-word texts, tools/JSON/long outputs, keys near budget; engines"
@@ -289,24 +276,22 @@ def _micro_section(data: dict[str, Any]) -> list[str]:
         " router's cost; CPU time is what the decision itself costs. The target is judged"
         " on CPU time; wall clock is shown next to it.",
         "",
-        "| scenario | CPU p50 us | CPU p99 us | CPU p99.9 us | wall p50 us | wall p99 us |"
-        " target (CPU p99) |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | :---: |",
     ]
-    for name, r in data["scenarios"].items():
-        c = r["cpu"]
-        lines.append(
-            f"| {name} | {c['p50_us']} | {c['p99_us']} | {c['p999_us']} | {r['p50_us']} |"
-            f" {r['p99_us']} | {'met' if r['ok'] else 'MISSED'} |"
-        )
-    lines += ["", "![decide latency](routing_bench.png)", ""]
+    lines += md.table(
+        ["scenario", "CPU p50 us", "CPU p99 us", "CPU p99.9 us", "wall p50 us", "wall p99 us",
+         "target (CPU p99)"],
+        [[name, r["cpu"]["p50_us"], r["cpu"]["p99_us"], r["cpu"]["p999_us"], r["p50_us"],
+          r["p99_us"], "met" if r["ok"] else "MISSED"] for name, r in data["scenarios"].items()],
+        "lrrrrrc",
+    )  # fmt: skip
+    lines += ["", "![decide latency](routing.png)", ""]
     return lines
 
 
 def _saturation_section(data: dict[str, Any]) -> list[str]:
     w = data["workload"]
     lines = [
-        "## Saturation: static rules vs load-aware (`bench/saturation.py`)",
+        "## Saturation: static rules vs load-aware (`python -m bench saturation`)",
         "",
         f"Stand-in engines: large {data['engines']['large']}, small {data['engines']['small']}."
         f" Workload: {w['mix']}; {w['arrivals']}, {w['duration_s']:g} s per run, seed"
@@ -314,18 +299,21 @@ def _saturation_section(data: dict[str, Any]) -> list[str]:
         f" its own process; load average at start {data['load_average_at_start']:.1f} on"
         f" {data['cpus']} CPUs (shared with other work).",
         "",
-        "| offered | policy | ok / sent | large share | moved by load | TTFT p50 ms |"
-        " TTFT p90 ms | TTFT p99 ms | hard-request TTFT p99 ms | latency p99 ms |",
-        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
+    rows = []
     for run in data["runs"]:
         s = run["summary"]
         t = s["all"]["ttft_ms"]
-        lines.append(
-            f"| {run['rate']:g}/s | {run['policy']} | {s['ok']} / {s['requests']} |"
-            f" {s['large_share']} | {s['moved_by_load']} | {t['p50']} | {t['p90']} |"
-            f" {t['p99']} | {s['hard']['ttft_ms']['p99']} | {s['all']['latency_ms']['p99']} |"
-        )
+        rows.append([
+            f"{run['rate']:g}/s", run["policy"], f"{s['ok']} / {s['requests']}",
+            s["large_share"], s["moved_by_load"], t["p50"], t["p90"], t["p99"],
+            s["hard"]["ttft_ms"]["p99"], s["all"]["latency_ms"]["p99"],
+        ])  # fmt: skip
+    lines += md.table(
+        ["offered", "policy", "ok / sent", "large share", "moved by load", "TTFT p50 ms",
+         "TTFT p90 ms", "TTFT p99 ms", "hard-request TTFT p99 ms", "latency p99 ms"],
+        rows, "rlrrrrrrrr",
+    )  # fmt: skip
     lines += ["", "![saturation](saturation.png)", ""]
     return lines
 
@@ -335,33 +323,33 @@ def write_report(out: Path) -> None:
     lines = [
         "# Routing benchmarks",
         "",
-        "Generated by `bench/routing_bench.py` and `bench/saturation.py` from the JSON files"
-        " next to this one. Numbers are from a shared 2-CPU machine: absolute values are"
+        "Generated by `python -m bench routing` and `python -m bench saturation` from the JSON"
+        " files next to this one. Numbers are from a shared 2-CPU machine: absolute values are"
         " noisy, comparisons within one run are fair (same machine, same minute).",
         "",
     ]
-    micro = out / "routing_bench.json"
+    micro = out / "routing.json"
     if micro.exists():
-        lines += _micro_section(json.loads(micro.read_text()))
+        lines += _micro_section(results.read_json(micro))
     sat = out / "saturation.json"
     if sat.exists():
-        lines += _saturation_section(json.loads(sat.read_text()))
+        lines += _saturation_section(results.read_json(sat))
     notes = out / "routing_notes.md"
     if notes.exists():
         lines += [notes.read_text().rstrip(), ""]
-    (out / "routing.md").write_text("\n".join(lines))
+    results.write_markdown(out / "routing.md", lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Router.decide microbenchmark")
     ap.add_argument("--calls", type=int, default=20000)
-    ap.add_argument("--out", type=Path, default=Path("bench/results"))
+    results.add_arguments(ap, "2,000 calls per scenario")
     args = ap.parse_args(argv)
-    args.out.mkdir(parents=True, exist_ok=True)
-    data = run(args.calls)
-    (args.out / "routing_bench.json").write_text(json.dumps(data, indent=2) + "\n")
-    plot(data, args.out / "routing_bench.png")
-    write_report(args.out)
+    out = results.out_dir(args.quick, args.out)
+    data = run(2000 if args.quick else args.calls)
+    results.write_json(out / "routing.json", data)
+    plot(data, out / "routing.png")
+    write_report(out)
     return 0 if all(r["ok"] for r in data["scenarios"].values()) else 1
 
 

@@ -1,6 +1,6 @@
 """Saturation scenario: static rules vs load-aware auto routing at the same offered load.
 
-    python -m bench.saturation [--rates 4,8] [--duration 40] [--out bench/results]
+    python -m bench saturation [--rates 4,8] [--duration 40] [--quick] [--out DIR]
 
 Two stand-in engines at realistic token rates (``engines.standin``):
 
@@ -24,12 +24,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import os
 import random
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -38,12 +34,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import yaml
 
+from bench import plots, results
 from bench.routing_bench import write_report
+from bench.stats import percentiles
 from engines.standin import StandinProcess
+from tests import support
 
-ROOT = Path(__file__).resolve().parents[1]
 KEY = "tg-bench-saturation-key-01"
 LARGE: dict[str, Any] = {"ttft_ms": 150, "tpot_ms": 30, "max_num_seqs": 4}
 SMALL: dict[str, Any] = {"ttft_ms": 30, "tpot_ms": 8, "max_num_seqs": 16}
@@ -58,74 +55,28 @@ POLICIES: dict[str, dict[str, Any]] = {
 }
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def gateway_config(tmp: Path, port: int, small: str, large: str, routing: dict[str, Any]) -> Path:
-    prices = tmp / "prices.yaml"
-    prices.write_text(yaml.safe_dump({"prices": [
-        {"model": "standin-small", "effective": "2020-01-01", "prompt_per_mtok": 0.05,
-         "completion_per_mtok": 0.2},
-        {"model": "standin-large", "effective": "2020-01-01", "prompt_per_mtok": 0.5,
-         "completion_per_mtok": 1.5},
-    ], "reference_model": "standin-large"}))  # fmt: skip
+def gateway_config(tmp: Path, small: str, large: str, routing: dict[str, Any]) -> dict[str, Any]:
     engine = {"max_concurrency": 64, "max_queue": 512, "queue_timeout_s": 120}
-    cfg = {
-        "server": {"host": "127.0.0.1", "port": port, "access_log": False, "log_level": "WARNING"},
-        "auth": {"static_keys": [{"key": KEY, "name": "bench"}], "key_store": False},
-        "engines": [
-            {"name": "small-0", "url": small, "tier": "small", "model": "standin-small", **engine},
-            {"name": "large-0", "url": large, "tier": "large", "model": "standin-large", **engine},
+    return support.gateway_config(
+        tmp,
+        [
+            support.EngineSpec("small-0", small, "small", "standin-small", engine),
+            support.EngineSpec("large-0", large, "large", "standin-large", engine),
         ],
-        "models": [
-            {"name": "small", "tier": "small"},
-            {"name": "large", "tier": "large"},
-            {"name": "auto", "auto": True},
-        ],
-        "timeouts": {"connect_s": 2, "ttft_s": 300, "idle_s": 60, "total_s": 600},
-        "routing": {
-            **routing,
-            "breaker": {"health_interval_s": 2, "metrics_interval_s": 0.25},
-        },
-        "ledger": {"enabled": False, "url": f"sqlite:///{tmp}/ledger.db"},
-        "pricing": {"file": str(prices)},
-    }
-    path = tmp / "tollgate.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
+        prices={"standin-small": (0.05, 0.2), "standin-large": (0.5, 1.5)},
+        server={"access_log": False, "log_level": "WARNING"},
+        auth={"static_keys": [{"key": KEY, "name": "bench"}], "key_store": False},
+        timeouts={"connect_s": 2, "ttft_s": 300, "idle_s": 60, "total_s": 600},
+        routing={**routing, "breaker": {"health_interval_s": 2, "metrics_interval_s": 0.25}},
+        ledger={"enabled": False},
+    )
 
 
 @contextlib.contextmanager
-def gateway(config: Path, port: int) -> Iterator[str]:
-    base = f"http://127.0.0.1:{port}"
-    log = config.with_suffix(".log").open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway.cli", "serve", "-c", str(config)],
-        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ},
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(base + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"gateway did not start; see {config.with_suffix('.log')}")
-            time.sleep(0.1)
-        yield base
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+def gateway(tmp: Path, cfg: dict[str, Any]) -> Iterator[str]:
+    port = cfg["server"]["port"]
+    with support.GatewayProcess(support.write_config(tmp, cfg), port, log_dir=tmp) as gw:
+        yield gw.base_url
 
 
 @dataclass(slots=True)
@@ -163,7 +114,7 @@ async def one(client: httpx.AsyncClient, r: Result, start: float) -> None:
 async def load(base: str, rate: float, duration: float, seed: int) -> list[Result]:
     rng = random.Random(seed)
     n = int(rate * duration)
-    results = [Result(intended=i / rate, hard=rng.random() < 0.5) for i in range(n)]
+    reqs = [Result(intended=i / rate, hard=rng.random() < 0.5) for i in range(n)]
     limits = httpx.Limits(max_connections=2000, max_keepalive_connections=2000)
     headers = {"authorization": f"Bearer {KEY}"}
     timeout = httpx.Timeout(connect=10, read=600, write=10, pool=600)
@@ -171,28 +122,21 @@ async def load(base: str, rate: float, duration: float, seed: int) -> list[Resul
         base_url=base, limits=limits, headers=headers, timeout=timeout
     ) as client:
         start = time.perf_counter() + 0.5
-        tasks = [asyncio.create_task(one(client, r, start)) for r in results]
+        tasks = [asyncio.create_task(one(client, r, start)) for r in reqs]
         # bounded: whatever is still running a while after the last arrival is cut off
         _, pending = await asyncio.wait(tasks, timeout=duration + 0.5 + 90)
         for t in pending:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-    return results
+    return reqs
 
 
-def pct(values: list[float], p: float) -> float | None:
-    if not values:
-        return None
-    v = sorted(values)
-    return round(v[min(len(v) - 1, int(p / 100 * len(v)))] * 1000, 1)
-
-
-def summarize(results: list[Result]) -> dict[str, Any]:
-    ok = [r for r in results if r.status == 200 and r.ttft is not None]
+def summarize(reqs: list[Result]) -> dict[str, Any]:
+    ok = [r for r in reqs if r.status == 200 and r.ttft is not None]
     out: dict[str, Any] = {
-        "requests": len(results),
+        "requests": len(reqs),
         "ok": len(ok),
-        "failed": len(results) - len(ok),
+        "failed": len(reqs) - len(ok),
         "large_share": round(sum(r.tier == "large" for r in ok) / max(1, len(ok)), 3),
         "moved_by_load": sum("load:" in r.reason for r in ok),
     }
@@ -201,8 +145,8 @@ def summarize(results: list[Result]) -> dict[str, Any]:
         ttfts = [r.ttft for r in group if r.ttft is not None]
         lats = [r.latency for r in group if r.latency is not None]
         out[label] = {
-            "ttft_ms": {f"p{p}": pct(ttfts, p) for p in (50, 90, 99)},
-            "latency_ms": {f"p{p}": pct(lats, p) for p in (50, 90, 99)},
+            "ttft_ms": percentiles(ttfts, (50, 90, 99), digits=1),
+            "latency_ms": percentiles(lats, (50, 90, 99), digits=1),
         }
     return out
 
@@ -218,21 +162,20 @@ def run(rates: list[float], duration: float, seed: int) -> dict[str, Any]:
             for name, routing in POLICIES.items():
                 tmp = Path(tmpdir) / f"{name.replace(' ', '_')}-{rate:g}"
                 tmp.mkdir()
-                port = free_port()
-                cfg = gateway_config(tmp, port, small.base_url, large.base_url, routing)
-                with gateway(cfg, port) as base:
+                cfg = gateway_config(tmp, small.base_url, large.base_url, routing)
+                with gateway(tmp, cfg) as base:
                     print(f"rate {rate:g}/s, {name}: {duration:g}s ...", flush=True)
                     t = time.monotonic()
-                    results = asyncio.run(load(base, rate, duration, seed))
+                    got = asyncio.run(load(base, rate, duration, seed))
                     wall = time.monotonic() - t
-                s = summarize(results)
+                s = summarize(got)
                 print(f"  ttft p50 {s['all']['ttft_ms']['p50']} ms, p99 "
                       f"{s['all']['ttft_ms']['p99']} ms, large share {s['large_share']}, "
                       f"failed {s['failed']}", flush=True)  # fmt: skip
                 runs.append({
                     "rate": rate, "policy": name, "wall_s": round(wall, 1), "summary": s,
                     "series": [[round(r.intended, 3), round(r.ttft, 4) if r.ttft else None,
-                                r.tier, r.hard] for r in results],
+                                r.tier, r.hard] for r in got],
                 })  # fmt: skip
     return {
         "benchmark": "saturation: static rules vs load-aware auto routing",
@@ -253,13 +196,12 @@ def run(rates: list[float], duration: float, seed: int) -> dict[str, Any]:
 
 
 def plot(data: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     rates = sorted({r["rate"] for r in data["runs"]})
-    fig, axes = plt.subplots(1, len(rates) + 1, figsize=(5 * (len(rates) + 1), 4.2))
+    with plots.figure(path, len(rates) + 1, size=(5, 4.2)) as (_, axes):
+        _draw(data, rates, axes)
+
+
+def _draw(data: dict[str, Any], rates: list[float], axes: list[Any]) -> None:
     colors = {"static rules": "#d62728", "load-aware": "#1f77b4"}
     for ax, rate in zip(axes, rates, strict=False):
         for run in (r for r in data["runs"] if r["rate"] == rate):
@@ -284,9 +226,6 @@ def plot(data: dict[str, Any], path: Path) -> None:
     ax.set_ylabel("p99 time to first token (s)")
     ax.set_title("p99 TTFT at the same offered load")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -294,13 +233,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rates", default="4,8", help="offered loads, requests per second")
     ap.add_argument("--duration", type=float, default=40.0)
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--out", type=Path, default=Path("bench/results"))
+    results.add_arguments(ap, "10 s per run")
     args = ap.parse_args(argv)
-    args.out.mkdir(parents=True, exist_ok=True)
-    data = run([float(r) for r in args.rates.split(",")], args.duration, args.seed)
-    (args.out / "saturation.json").write_text(json.dumps(data) + "\n")
-    plot(data, args.out / "saturation.png")
-    write_report(args.out)
+    out = results.out_dir(args.quick, args.out)
+    duration = 10.0 if args.quick else args.duration
+    data = run([float(r) for r in args.rates.split(",")], duration, args.seed)
+    results.write_json(out / "saturation.json", data)
+    plot(data, out / "saturation.png")
+    write_report(out)
     return 0
 
 

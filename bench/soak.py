@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import random
 import tempfile
 import time
@@ -34,10 +33,11 @@ from typing import Any
 
 import httpx
 
-from bench import machine
+from bench import machine, plots, results
+from bench import markdown as md
 from engines.standin import StandinProcess
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = results.RESULTS
 MSGS = [{"role": "user", "content": "say something about the sea"}]
 #: A second key, limited to 30 requests a minute: most of its requests are refused.
 LIMITED_KEY = "tg-soak-limited-key-0000000001"
@@ -256,14 +256,13 @@ def run(duration_s: float, concurrency: int, *, progress: bool = False) -> SoakR
 
 
 def write_results(res: SoakResult, out: Path) -> None:
-    out.mkdir(parents=True, exist_ok=True)
     s = res.summary()
     data = {
         "summary": s,
         "machine": machine.describe(("uvicorn", "aiohttp", "httpx")),
         "samples": [asdict(x) for x in res.samples],
     }
-    (out / "soak.json").write_text(json.dumps(data, indent=2) + "\n")
+    results.write_json(out / "soak.json", data)
     mix = ", ".join(f"{k} {v}" for k, v in s["by_kind"].items())
     statuses = ", ".join(f"{k}: {v}" for k, v in sorted(s["statuses"].items()))
     lines = [
@@ -276,28 +275,39 @@ def write_results(res: SoakResult, out: Path) -> None:
         f"- Mix: {mix}.",
         f"- Statuses: {statuses}.",
         "",
-        "| RSS at start | after warm-up (¼ of the requests) | at the end | growth after warm-up "
-        "| slope |",
-        "|---|---|---|---|---|",
-        f"| {s['rss_start_mib']} MiB | {s['rss_after_warmup_mib']} MiB | {s['rss_end_mib']} MiB "
-        f"| {s['growth_after_warmup_kib']} KiB | {s['slope_kib_per_1k_requests']} KiB per "
-        "1,000 requests |",
+        *md.table(
+            [
+                "RSS at start",
+                "after warm-up (¼ of the requests)",
+                "at the end",
+                "growth after warm-up",
+                "slope",
+            ],
+            [
+                [
+                    f"{s['rss_start_mib']} MiB",
+                    f"{s['rss_after_warmup_mib']} MiB",
+                    f"{s['rss_end_mib']} MiB",
+                    f"{s['growth_after_warmup_kib']} KiB",
+                    f"{s['slope_kib_per_1k_requests']} KiB per 1,000 requests",
+                ]
+            ],
+        ),
         "",
         "A leak of one kilobyte per request would show as a slope of about 1,000 KiB per "
         "1,000 requests. ![RSS over requests](soak.png)",
         "",
     ]
-    (out / "soak.md").write_text("\n".join(lines))
+    results.write_markdown(out / "soak.md", lines)
     _plot(res, out / "soak.png")
 
 
 def _plot(res: SoakResult, path: Path) -> None:
-    import matplotlib
+    with plots.figure(path, size=(7, 3.2)) as (_, (ax,)):
+        _draw(res, ax)
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 3.2))
+def _draw(res: SoakResult, ax: Any) -> None:
     ax.plot([s.requests for s in res.samples], [s.rss_kib / 1024 for s in res.samples])
     ax.axvline(res.requests / 4, linestyle=":", color="grey", label="end of warm-up")
     ax.set_xlabel("requests done")
@@ -305,21 +315,20 @@ def _plot(res: SoakResult, path: Path) -> None:
     ax.set_ylim(bottom=0)
     ax.set_title("Gateway memory under a mixed load")
     ax.legend(loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--duration", type=float, default=300.0, help="seconds (300)")
     ap.add_argument("--concurrency", type=int, default=32)
-    ap.add_argument("--out", type=Path, default=RESULTS)
+    results.add_arguments(ap, "30 s")
     args = ap.parse_args(argv)
-    print(f"soak: {args.duration:g} s at concurrency {args.concurrency}", flush=True)
-    res = run(args.duration, args.concurrency, progress=True)
-    write_results(res, args.out)
-    print((args.out / "soak.md").read_text())
+    out = results.out_dir(args.quick, args.out)
+    duration = 30.0 if args.quick else args.duration
+    print(f"soak: {duration:g} s at concurrency {args.concurrency}", flush=True)
+    res = run(duration, args.concurrency, progress=True)
+    write_results(res, out)
+    print((out / "soak.md").read_text())
 
 
 if __name__ == "__main__":

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from bench.loadgen import PhaseResult, percentiles_ms
-
-if TYPE_CHECKING:
-    from bench.overhead import BenchConfig, Variant
+from bench import stats
+from bench.loadgen import PhaseResult
+from bench.overhead_config import BenchConfig, Variant
+from bench.stats import percentiles_ms
 
 PERCENTILES = (50.0, 90.0, 99.0, 99.9, 100.0)
 #: Percentiles kept in the JSON to redraw the curves without the raw samples.
@@ -71,24 +71,7 @@ def path_summary(results: list[PhaseResult], stream: bool) -> dict[str, Any]:
 
 def added(direct: np.ndarray, gateway: np.ndarray, seed: int = 0) -> dict[str, Any]:
     """gateway - direct at p50 and p99, with a bootstrap 95% interval for each."""
-    out: dict[str, Any] = {}
-    if direct.size == 0 or gateway.size == 0:
-        return {"p50_ms": None, "p99_ms": None}
-    rng = np.random.default_rng(seed)
-    for p in (50, 99):
-        value = (np.percentile(gateway, p) - np.percentile(direct, p)) * 1000
-        boots = [
-            (
-                np.percentile(rng.choice(gateway, gateway.size), p)
-                - np.percentile(rng.choice(direct, direct.size), p)
-            )
-            * 1000
-            for _ in range(300)
-        ]
-        lo, hi = np.percentile(boots, (2.5, 97.5))
-        out[f"p{p}_ms"] = round(float(value), 3)
-        out[f"p{p}_ci95_ms"] = [round(float(lo), 3), round(float(hi), 3)]
-    return out
+    return stats.added_with_ci(direct, gateway, (50, 99), seed=seed)
 
 
 def per_block_added(blocks: dict[str, list[PhaseResult]], key: str) -> list[dict[str, float]]:
@@ -97,14 +80,7 @@ def per_block_added(blocks: dict[str, list[PhaseResult]], key: str) -> list[dict
     for d, g in zip(blocks["direct"], blocks["gateway"], strict=False):
         dv, gv = getattr(d, key), getattr(g, key)
         if dv.size and gv.size:
-            out.append(
-                {
-                    f"p{p}_ms": round(
-                        float((np.percentile(gv, p) - np.percentile(dv, p)) * 1000), 3
-                    )
-                    for p in (50, 99)
-                }
-            )
+            out.append({f"p{p}_ms": stats.added(dv, gv, p) for p in (50, 99)})
     return out
 
 

@@ -34,12 +34,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import orjson
 import uvloop
 
-from bench import machine
+from bench import machine, results
+from bench import markdown as md
 from bench.loadgen import ConnectionPool, Target, fetch
+from bench.stats import percentiles
 from engines.standin import StandinProcess
 from gateway.config import EngineSettings, TimeoutSettings
 from gateway.protocol import Endpoint
@@ -48,7 +49,7 @@ from gateway.upstream.engine import Engine
 from gateway.upstream.sse import SSEReader
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "bench" / "results"
+RESULTS = results.RESULTS
 MODEL = "standin-clients"
 HOST = "127.0.0.1"
 CLIENTS = ("httpx", "aiohttp", "gateway", "httpx2", "raw")
@@ -307,13 +308,13 @@ async def closed_loop(call: Call, concurrency: int, duration: float) -> dict[str
     start = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     wall = time.perf_counter() - start
-    lat = np.array(latencies)
+    p = percentiles(latencies, (50, 99), digits=6)
     return {
         "requests": len(latencies),
         "errors": errors,
         "wall_s": wall,
-        "p50_ms": float(np.percentile(lat, 50) * 1000) if lat.size else None,
-        "p99_ms": float(np.percentile(lat, 99) * 1000) if lat.size else None,
+        "p50_ms": p["p50"],
+        "p99_ms": p["p99"],
     }
 
 
@@ -455,7 +456,7 @@ def write_markdown(data: dict[str, Any], path: Path) -> None:
     out = [
         "# Upstream HTTP client: httpx (as the gateway configures it) vs aiohttp",
         "",
-        f"Generated {data['generated_at']} by `python -m bench.upstream_clients"
+        f"Generated {data['generated_at']} by `python -m bench upstream-clients"
         f"{' --quick' if data.get('quick') else ''}`. Closed-loop workers against a stand-in "
         f"engine (TTFT {s['engine']['ttft_ms']:g} ms, {s['engine']['tpot_ms']:g} ms per token, "
         f"{s['engine']['max_tokens']} tokens), {s['duration_s']:g} s per cell, mean of "
@@ -465,16 +466,14 @@ def write_markdown(data: dict[str, Any], path: Path) -> None:
         "completed: what one upstream call costs the gateway's event loop. `raw` is the "
         "benchmark's own minimal client, shown as the floor.",
         "",
-        "| mode | concurrency | client | req/s | p50 ms | p99 ms | client CPU µs/req | "
-        "client core busy | errors |",
-        "|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in data["summary"]:
-        out.append(
-            f"| {r['mode']} | {r['concurrency']} | {r['client']} | {r['throughput_rps']:.0f} | "
-            f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['client_cpu_us_per_request']:.0f} | "
-            f"{100 * r['client_core_share']:.0f}% | {r['errors']} |"
-        )
+    out += md.table(
+        ["mode", "concurrency", "client", "req/s", "p50 ms", "p99 ms", "client CPU µs/req",
+         "client core busy", "errors"],
+        [[r["mode"], r["concurrency"], r["client"], f"{r['throughput_rps']:.0f}",
+          md.num(r["p50_ms"]), md.num(r["p99_ms"]), f"{r['client_cpu_us_per_request']:.0f}",
+          f"{100 * r['client_core_share']:.0f}%", r["errors"]] for r in data["summary"]],
+    )  # fmt: skip
     out += ["", "## Recommendation", "", f"**{rec['choice']}** (rule: {rec['rule']}).", ""]
     for x in rec["savings"]:
         out.append(
@@ -510,23 +509,22 @@ def write_markdown(data: dict[str, Any], path: Path) -> None:
         "(listed per run in the JSON); the differences above are far larger than that noise.",
         "",
     ]
-    path.write_text("\n".join(out))
+    results.write_markdown(path, out)
 
 
 def parse_args(argv: list[str] | None = None) -> Config:
-    p = argparse.ArgumentParser(prog="python -m bench.upstream_clients")
+    p = argparse.ArgumentParser(prog="python -m bench upstream-clients")
     p.add_argument("--concurrency", default="1,16,64,256")
     p.add_argument("--duration", type=float, help="seconds per cell (5; quick 2)")
     p.add_argument("--repeats", type=int, help="repeats per cell, order alternated (2; quick 1)")
-    p.add_argument("--quick", action="store_true")
-    p.add_argument("--out", type=Path, help="results directory (quick: bench/results/quick)")
+    results.add_arguments(p)
     a = p.parse_args(argv)
     return Config(
         concurrency=tuple(int(c) for c in a.concurrency.split(",")),
         duration=a.duration if a.duration is not None else (2.0 if a.quick else 5.0),
         warmup=0.5 if a.quick else 1.0,
         repeats=a.repeats if a.repeats is not None else (1 if a.quick else 2),
-        out_dir=a.out or (RESULTS / "quick" if a.quick else RESULTS),
+        out_dir=results.out_dir(a.quick, a.out),
         quick=a.quick,
     )
 
@@ -538,10 +536,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"warning: other processes use {load:.2f} cores; results will be noisy", flush=True)
     data = run(cfg)
     data["quick"] = cfg.quick
-    cfg.out_dir.mkdir(parents=True, exist_ok=True)
-    (cfg.out_dir / "upstream_clients.json").write_bytes(
-        orjson.dumps(data, option=orjson.OPT_INDENT_2)
-    )
+    results.write_json(cfg.out_dir / "upstream_clients.json", data)
     write_markdown(data, cfg.out_dir / "upstream_clients.md")
     print(f"\nrecommendation: {data['recommendation']['choice']}")
     print(f"wrote {cfg.out_dir}/upstream_clients.json, upstream_clients.md")

@@ -1,4 +1,4 @@
-"""Fixtures shared by the whole suite (see tests/support.py for the helpers)."""
+"""Fixtures shared by the whole suite (the helpers live in tests/support/)."""
 
 from __future__ import annotations
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import random
 import re
 import shutil
 import subprocess
@@ -18,54 +17,10 @@ from engines.standin import StandinProcess
 from gateway.cli_finance import register
 from gateway.config import Settings
 from gateway.ledger.dashboard import DashboardData, default_range, render
-from gateway.ledger.record import LedgerRecord
 from gateway.ledger.reports import Reports, format_usd
 from gateway.ledger.store import LedgerStore
-from tests.ledger.factories import make_record
 from tests.support import ADMIN_TOKEN, EngineSpec, gateway_config, serve_in_thread
-
-TEAMS = {"key-ana": "research", "key-bo": "research", "key-cy": "sales", "key-di": None}
-PRICES = {"small": (50, 200), "large": (500, 1500)}  # nano-USD per token
-
-
-def demo_records(now: dt.datetime, days: int = 24, seed: int = 3) -> list[LedgerRecord]:
-    """A few weeks of plausible traffic: small-tier routing saves most of the spend."""
-    rng = random.Random(seed)
-    out: list[LedgerRecord] = []
-    n = 0
-    for day in range(days):
-        base = now - dt.timedelta(days=days - 1 - day)
-        for _ in range(rng.randint(30, 90) + day * 3):
-            key = rng.choice(["key-ana"] * 4 + ["key-bo"] * 2 + ["key-cy"] * 3 + ["key-di"])
-            model = rng.choice(["auto", "auto", "auto", "small", "large"])
-            tier = (
-                "large"
-                if model == "large" or (model == "auto" and rng.random() < 0.25)
-                else "small"
-            )
-            prompt, completion = rng.randint(100, 3000), rng.randint(20, 900)
-            p, c = PRICES[tier]
-            out.append(
-                make_record(
-                    n,
-                    request_id=f"demo-{n:06d}",
-                    finished_at=base.replace(hour=rng.randint(0, 23), minute=rng.randint(0, 59)),
-                    key_id=key,
-                    key_prefix="tg-" + key[4:].ljust(7, "x"),
-                    team=TEAMS[key],
-                    requested_model=model,
-                    tier=tier,
-                    engine=f"{tier}-0",
-                    upstream_model=f"smollm2-{tier}",
-                    prompt_tokens=prompt,
-                    completion_tokens=completion,
-                    cost_nusd=prompt * p + completion * c,
-                    counterfactual_nusd=prompt * 500 + completion * 1500,
-                    price_version=f"smollm2-{tier}@2026-01-01",
-                )
-            )
-            n += 1
-    return out
+from tests.support.ledger import demo_records, make_record
 
 
 def test_render_escapes_and_handles_an_empty_range(tmp_path: Path) -> None:

@@ -1,0 +1,88 @@
+"""``python -m bench <scenario> [options]``: the one entry point of the benchmarks.
+
+Each scenario is a module with ``main(argv) -> int | None``; this registry names them,
+says what each answers and feeds the CLI's choices. ``python -m bench`` lists them;
+``python -m bench <scenario> --help`` shows a scenario's own options.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One benchmark: its module under ``bench`` and the question it answers."""
+
+    module: str
+    question: str
+    results: str
+
+
+SCENARIOS: dict[str, Scenario] = {
+    "throughput": Scenario(
+        "throughput",
+        "Requests/s, added latency and CPU per request of one gateway worker, fully "
+        "metered, beside the engine directly and vllm-router (issue 12)",
+        "throughput.{md,json,png}",
+    ),
+    "overhead": Scenario(
+        "overhead",
+        "Latency the gateway adds over the engine directly at 300/s, per option",
+        "overhead.{md,json,png}",
+    ),
+    "quotas": Scenario(
+        "quota_bench", "Cost of the quota check (local, Redis), alone and end to end",
+        "quotas.{md,json,png}",
+    ),
+    "ledger": Scenario(
+        "ledger_bench", "Cost of ledger writes (SQLite, PostgreSQL), throughput, spill",
+        "ledger.{md,json}",
+    ),
+    "routing": Scenario(
+        "routing_bench", "CPU cost of one routing decision per policy", "routing.{md,json,png}"
+    ),
+    "saturation": Scenario(
+        "saturation", "Static rules vs load-aware routing with the large tier saturated",
+        "saturation.{json,png}, a section of routing.md",
+    ),
+    "soak": Scenario(
+        "soak", "Memory of the gateway under a long mixed load", "soak.{md,json,png}"
+    ),
+    "upstream-clients": Scenario(
+        "upstream_clients", "Which HTTP client the gateway should use to reach engines",
+        "upstream_clients.{md,json}",
+    ),
+    "awq-quality": Scenario(
+        "awq_quality", "Quality of the small tier's 4-bit model against bf16 (real engines)",
+        "awq_quality.{md,json}",
+    ),
+}  # fmt: skip
+
+
+def usage() -> str:
+    width = max(map(len, SCENARIOS))
+    lines = ["usage: python -m bench <scenario> [options]   (--help after a scenario)", ""]
+    lines += ["scenarios:"]
+    for name, s in SCENARIOS.items():
+        lines.append(f"  {name:<{width}}  {s.question}")
+        lines.append(f"  {'':<{width}}  → bench/results/{s.results}")
+    lines += ["", "--quick runs write to bench/results/quick/; see bench/README.md"]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if not args or args[0] in {"-h", "--help", "list"}:
+        print(usage())
+        return 0
+    name, rest = args[0], args[1:]
+    scenario = SCENARIOS.get(name) or SCENARIOS.get(name.replace("_", "-"))
+    if scenario is None:
+        print(f"unknown scenario {name!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(f"bench.{scenario.module}")
+    code = module.main(rest)
+    return int(code or 0)
