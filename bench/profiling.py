@@ -22,18 +22,17 @@ from bench.machine import cpu_seconds
 
 #: Pipeline stages and other spots whose inclusive time is worth a line of its own.
 SPOTS = {
-    "Pipeline.handle (whole request inside the route)": re.compile(r"^Pipeline\.handle \("),
-    "Pipeline.authenticate": re.compile(r"^Pipeline\.authenticate \("),
-    "Pipeline.parse (incl. token count)": re.compile(r"^Pipeline\.parse \("),
-    "Pipeline.admit (quota reserve)": re.compile(r"^Pipeline\.admit \("),
-    "Pipeline.route": re.compile(r"^Pipeline\.route \("),
-    "Pipeline.forward_unary (upstream call)": re.compile(r"^Pipeline\.forward_unary \("),
+    "OpenAIRoutes (whole request inside the route)": re.compile(r"^OpenAIRoutes\.__call__ \("),
+    "Pipeline.handle (the request path)": re.compile(r"^Pipeline\.handle \("),
+    "Admission.admit (parse, size, reserve)": re.compile(r"^Admission\.admit \("),
+    "route (features + decision)": re.compile(r"\(.*gateway/request/route\.py"),
+    "Forwarder.relay (upstream call)": re.compile(r"^Forwarder\.relay \("),
     "Pipeline._stream_events (upstream stream)": re.compile(r"^Pipeline\._stream_events \("),
-    "Pipeline.unary_response": re.compile(r"^Pipeline\.unary_response \("),
     "Pipeline.finish (settle + record + metrics)": re.compile(r"^Pipeline\.finish \("),
-    "Pipeline._observe (metrics + access log)": re.compile(r"^Pipeline\._observe \("),
+    "Observer.finished (metrics + access log)": re.compile(r"^Observer\.finished \("),
     "TokenCounter (prompt count)": re.compile(r"\(.*gateway/tokens\.py"),
-    "httpx/httpcore (upstream client)": re.compile(r"\((.*/)?(httpx|httpcore)/"),
+    "aiohttp (upstream client)": re.compile(r"\((.*/)?aiohttp/"),
+    "quotas (Redis link, Lua)": re.compile(r"\(.*gateway/quotas/"),
     "logging": re.compile(r"\((.*/)?logging/"),
     "prometheus_client": re.compile(r"\((.*/)?prometheus_client/"),
     "uvicorn httptools protocol": re.compile(r"\((.*/)?uvicorn/protocols/"),
@@ -147,5 +146,5 @@ _ROOT = str(Path(__file__).resolve().parents[1]) + "/"
 
 
 def _short(path: str) -> str:
-    """``starlette/routing.py``, ``asyncio/events.py``, ``gateway/pipeline.py``."""
+    """``starlette/routing.py``, ``asyncio/events.py``, ``gateway/request/pipeline.py``."""
     return _PREFIX.sub("", path).removeprefix(_ROOT)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import random
 from decimal import Decimal
 from pathlib import Path
 
@@ -137,3 +138,13 @@ def test_derived_prices_bill_exactly_the_hardware_cost_at_the_measured_mix() -> 
             completion_tokens=Decimal(1),
             utilization=Decimal("1.5"),
         )
+
+
+def test_integer_cost_equals_the_decimal_reference() -> None:
+    rng = random.Random(7)
+    choices = ["0", "0.05", "0.2", "1.5", "0.123456789", "2.10", "0.0000001", "17.333"]
+    for _ in range(20_000):
+        prices = [Decimal(rng.choice(choices)) for _ in range(3)]
+        price = Price("m@2024-01-01", *prices)
+        tokens = (rng.randint(0, 10**6), rng.randint(0, 10**6), rng.randint(-3, 10**6))
+        assert price.cost_nusd(*tokens) == price.cost_nusd_decimal(*tokens), (prices, tokens)

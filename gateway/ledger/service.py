@@ -15,7 +15,7 @@ from gateway.ledger.writer import LedgerWriter
 
 @dataclass(slots=True)
 class Ledger:
-    """What the app keeps on ``Services.extra["ledger"]``."""
+    """What the app keeps on ``Services.ledger``."""
 
     store: LedgerStore
     writer: LedgerWriter

@@ -123,3 +123,23 @@ def test_integers_given_as_strings_are_a_400_naming_the_field(
     with pytest.raises(InvalidRequestError) as info:
         parse_request(endpoint, orjson.dumps({**base, **body}), max_messages=10, max_n=4)
     assert info.value.param == param
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"model":"m","messages":[{"role":"user","content":"x"}],"api\\u005fbase":"http://x"}',
+        b'{"model":"m","messages":[{"role":"user","content":"x"}],"extra":{"base_url":"h"}}',
+    ],
+)
+def test_forbidden_keys_are_found_escaped_or_nested(body: bytes) -> None:
+    with pytest.raises(ForbiddenFieldError):
+        parse_request(Endpoint.CHAT, body, max_messages=10, max_n=4)
+
+
+def test_nesting_past_the_limit_is_refused_without_any_forbidden_key() -> None:
+    deep = b'{"model":"m","messages":[{"role":"user","content":"x"}],"x":' + b"[" * 40
+    body = deep + b"]" * 40 + b"}"
+    with pytest.raises(InvalidRequestError) as exc:
+        parse_request(Endpoint.CHAT, body, max_messages=10, max_n=4)
+    assert "nested too deeply" in exc.value.message
