@@ -3,15 +3,19 @@
 The supervisor (this process, the container's PID 1) serves nothing itself:
 
 * **Sockets.** For each worker it binds the client port with ``SO_REUSEPORT`` and
-  hands that socket to the worker, keeping no copy, so the kernel spreads new
-  connections evenly across the workers' accept queues. One shared socket inherited by
-  every worker was the alternative: there, whichever worker wakes first accepts, and a
-  busy event loop takes a large share of the connections (measured on this host: see the
-  README's ``server.workers``). Binding in the supervisor rather than in each worker
-  makes a taken port fail at start with a clear error, and keeps the workers free of
-  socket options. As each worker owns its socket alone, a worker that exits takes its
-  socket out of the group: new connections go to the others at once (connections
-  queued but not yet accepted by a crashed worker are reset, as for one process).
+  hands that socket to the worker, keeping no copy: the kernel hashes each new
+  connection to one worker's accept queue. Measured on the 2-core dev box (2 workers,
+  2,000 requests each on a new connection, client, stand-in engine and Redis on the
+  same cores): ``SO_REUSEPORT`` split them 50/50 (±3 %) at 1 and at 16 concurrent
+  clients; one listening socket inherited by both split them 60/40 and 74/26 at 1
+  client (whichever loop wakes first accepts everything pending) and evenly at 16,
+  where it was 8-15 % faster on that oversubscribed box. We take the even split: it
+  makes a worker's share, and so the per-worker capacity figures, predictable; and a
+  socket that no other process holds closes for real when its worker drains or dies,
+  so new connections go to the other workers at once instead of queueing on a
+  listener nobody accepts from (the flip side: connections a crashed worker had not
+  yet accepted are reset, as for one process). Binding in the supervisor rather than
+  in each worker makes a taken port fail at start, once, with a clear error.
 * **Admin listener.** Only worker 0 serves ``server.admin_port`` (a plain socket,
   bound the same way). One process answers every admin request, so it sees one
   coherent state: its failed-login lockout counts every attempt, and a key revoked
@@ -120,15 +124,13 @@ def bind(host: str, port: int, *, reuse_port: bool, backlog: int = 4096) -> sock
 class Supervisor:
     """Starts ``server.workers`` gateway processes, restarts them, and stops them."""
 
-    def __init__(self, settings: Settings, *, reuse_port: bool = True) -> None:
+    def __init__(self, settings: Settings) -> None:
         self._settings = settings
-        self._reuse_port = reuse_port
         self._slots = [_Slot(i) for i in range(settings.server.workers)]
         self._signals: list[int] = []
         self._stopping = False
         self._deadline = float("inf")
         self._failed = False
-        self._shared: socket.socket | None = None  # reuse_port=False: one for all
         self._dir = Path()
 
     # ------------------------------------------------------------------ lifecycle
@@ -163,8 +165,6 @@ class Supervisor:
         finally:
             for sig, handler in handlers.items():
                 signal.signal(sig, handler)
-            if self._shared is not None:
-                self._shared.close()
             shutil.rmtree(self._dir, ignore_errors=True)
 
     def _on_signal(self, sig: int, frame: FrameType | None) -> None:
@@ -207,7 +207,7 @@ class Supervisor:
 
     def _spawn(self, slot: _Slot) -> None:
         server = self._settings.server
-        sock = self._client_socket()
+        sock = bind(server.host, server.port, reuse_port=True)
         admin = None
         if slot.index == 0 and server.admin_port is not None:
             admin = bind(server.admin_host, server.admin_port, reuse_port=False)
@@ -235,21 +235,12 @@ class Supervisor:
                 proc.stdin.write(pickle.dumps(spec))
         finally:
             os.close(ready_w)
-            if sock is not self._shared:
-                sock.close()  # the worker owns it: its exit takes it out of the group
+            sock.close()  # the worker owns it: its exit takes it out of the group
             if admin is not None:
                 admin.close()
         slot.proc, slot.ready_r, slot.started_at = proc, ready_r, time.monotonic()
         slot.restart_at = None
         log.info("worker started", extra={"worker": slot.index, "pid": proc.pid})
-
-    def _client_socket(self) -> socket.socket:
-        server = self._settings.server
-        if self._reuse_port:
-            return bind(server.host, server.port, reuse_port=True)
-        if self._shared is None:
-            self._shared = bind(server.host, server.port, reuse_port=False)
-        return self._shared
 
     def _wait(self, timeout: float) -> None:
         """Sleep until a worker reports ready, a signal arrives, or ``timeout``."""

@@ -1,13 +1,17 @@
 """``server.workers: 2`` for real: a supervisor, two worker processes, a real Redis.
 
 One gateway serves the first tests (both workers answer, one /metrics, the admin port,
-a killed worker replaced); the drain test starts its own with a slow engine.
+a killed worker replaced); the drain test starts its own with a slow engine, and the
+start-up failures (a taken port, a worker that cannot build its app) exit 1.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -22,6 +26,7 @@ from tests.quotas.redis_server import RedisServer
 from tests.support import (
     ADMIN_TOKEN,
     CLIENT_KEY,
+    ROOT,
     EngineSpec,
     GatewayProcess,
     free_port,
@@ -163,12 +168,13 @@ def test_a_killed_worker_is_replaced_and_its_counts_stay(
     wait_for(lambda: len(children(supervisor)) == 2 and victim not in children(supervisor), 20)
     new = children(supervisor) - old
     assert len(new) == 1
-    wait_for(lambda: chat(gw.base_url).status_code == 200, timeout=20)
+    # Its socket queues connections from the start; wait until it serves them.
+    wait_for(lambda: gw.log.read_text().count("Application startup complete.") == 3, 60)
     for _ in range(10):
         assert chat(gw.base_url).status_code == 200
     after = scrape(gw.base_url)
     # The dead worker's requests are still counted (its files outlive it).
-    assert after[("tollgate_requests_total", OK)] >= before + 11
+    assert after[("tollgate_requests_total", OK)] == before + 10
     restarts = [after.get(("tollgate_worker_restarts_total", (("worker", w),)), 0) for w in "01"]
     assert sorted(restarts) == [0, 1]
     assert "worker exited unexpectedly; restarting it" in gw.log.read_text()
@@ -240,3 +246,48 @@ def test_sigterm_drains_streams_on_every_worker_and_all_exit_zero(
         with pytest.raises(httpx.ConnectError):
             httpx.get(gw.base_url + "/health", timeout=2)
         gw.stop()
+
+
+def test_a_taken_port_fails_at_start_with_exit_1(redis: RedisServer, tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        engine = EngineSpec("e0", f"http://127.0.0.1:{free_port()}", "small", "m")
+        cfg = gateway_config(
+            tmp_path,
+            [engine],
+            server={"workers": 2, "port": port},
+            quotas={"backend": "redis", "redis_url": redis.url},
+        )
+        proc = subprocess.run(
+            [sys.executable, "-m", "gateway.cli", "serve", "-c", str(write_config(tmp_path, cfg))],
+            cwd=ROOT,
+            capture_output=True,
+            timeout=60,
+        )
+    assert proc.returncode == 1
+    assert b"cannot start the workers" in proc.stderr
+
+
+def test_a_worker_failing_on_its_first_start_stops_the_gateway(
+    redis: RedisServer, tmp_path: Path
+) -> None:
+    engine = EngineSpec("e0", f"http://127.0.0.1:{free_port()}", "small", "m")
+    cfg = gateway_config(
+        tmp_path,
+        [engine],
+        server={"workers": 2},
+        quotas={"backend": "redis", "redis_url": redis.url},
+    )
+    path = write_config(tmp_path, cfg)
+    (tmp_path / "prices.yaml").unlink()  # the config loads; building the app fails
+    proc = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "serve", "-c", str(path)],
+        cwd=ROOT,
+        capture_output=True,
+        timeout=90,
+    )
+    assert proc.returncode == 1
+    assert b"worker failed on start; stopping the gateway" in proc.stderr
+    assert b"restarting it" not in proc.stderr
