@@ -33,6 +33,8 @@ class ServerSettings(_Section):
     #: Serve /admin on its own listener when set (recommended in production).
     admin_port: int | None = Field(None, ge=1, le=65535)
     admin_host: str = "127.0.0.1"
+    #: Worker processes on this host, sharing ``port`` (see gateway/workers.py); more
+    #: than one needs ``quotas.backend: redis``.
     workers: int = Field(1, ge=1, le=64)
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
     max_messages: int = Field(2048, ge=1)
@@ -395,8 +397,6 @@ class Settings(BaseSettings):
                 "quotas.reservation_ttl_s must exceed timeouts.total_s "
                 "(a quota reservation must outlive the longest request)"
             )
-        if self.server.workers > 1 and self.server.admin_port is not None:
-            raise ValueError("server.admin_port is served by a single worker: set workers: 1")
         if self.server.workers > 1 and self.quotas.backend != "redis":
             raise ValueError(
                 "server.workers > 1 needs quotas.backend: redis (limits must be shared)"

@@ -1,30 +1,33 @@
-"""Run the gateway under uvicorn with a bounded graceful drain on SIGTERM."""
+"""Run the gateway under uvicorn with a bounded graceful drain on SIGTERM.
+
+One worker (``server.workers: 1``): this process binds ``server.port`` (and
+``server.admin_port``), serves, and on SIGTERM does what :class:`DrainingServer` says:
+readiness 503 for ``unready_seconds``, then stop accepting, drain in-flight requests and
+streams for up to ``drain_seconds``, flush the ledger, exit 0.
+
+Several workers: :class:`gateway.workers.Supervisor` starts N processes that each run
+:func:`serve` on a socket it bound for them, forwards SIGTERM/SIGINT so every worker
+drains exactly as above, restarts a worker that dies, and exits 0 once all have. See
+:mod:`gateway.workers` for the sockets, the admin listener and ``/metrics``.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import signal
+import socket
 import threading
 import time
-from collections.abc import Generator
+from collections.abc import Callable, Coroutine, Generator
 from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
 
 from gateway import logs
-from gateway.api.openai import OpenAIRoutes
 from gateway.app import create_app
 from gateway.config import Settings
-
-
-def app_from_env() -> OpenAIRoutes:
-    """Factory for uvicorn workers: reads ``$TOLLGATE_CONFIG``."""
-    settings = Settings.load()
-    logs.configure(settings.server.log_level)
-    return create_app(settings)
 
 
 class DrainingServer(uvicorn.Server):
@@ -42,14 +45,15 @@ class DrainingServer(uvicorn.Server):
         self._unready_s = unready_seconds
         self._drain_at: float | None = None
 
-    def _services(self) -> Any:
+    def services(self) -> Any:
+        """The app's services once its lifespan has built them (else None)."""
         app = self.config.loaded_app
         while app is not None and not isinstance(app, FastAPI):
             app = getattr(app, "app", None)
         return getattr(getattr(app, "state", None), "services", None)
 
     def handle_exit(self, sig: int, frame: Any) -> None:
-        svc = self._services()
+        svc = self.services()
         if svc is not None:
             svc.stopping = True
         if self._unready_s > 0 and self._drain_at is None:
@@ -58,7 +62,7 @@ class DrainingServer(uvicorn.Server):
         self._drain(sig, frame)
 
     def _drain(self, sig: int, frame: Any) -> None:
-        svc = self._services()
+        svc = self.services()
         if svc is not None:
             svc.draining = True
         super().handle_exit(sig, frame)
@@ -100,34 +104,51 @@ def uvicorn_kwargs(settings: Settings) -> dict[str, Any]:
     }
 
 
-def run(settings: Settings, config_path: str | None) -> None:
+def run(settings: Settings, config_path: str | None = None) -> None:
+    """Serve until SIGTERM/SIGINT; with ``server.workers > 1`` under a supervisor."""
     logs.configure(settings.server.log_level)
     if settings.server.workers > 1:
-        if config_path:
-            os.environ["TOLLGATE_CONFIG"] = config_path
-        uvicorn.run(
-            "gateway.serve:app_from_env",
-            factory=True,
-            workers=settings.server.workers,
-            **uvicorn_kwargs(settings),
-        )
-        return
+        from gateway.workers import Supervisor
+
+        raise SystemExit(Supervisor(settings).run())
+    serve(settings)
+
+
+#: Runs beside a started server (a worker's metrics publisher); cancelled after it stops.
+Companion = Callable[[uvicorn.Server], Coroutine[Any, Any, None]]
+
+
+def serve(
+    settings: Settings,
+    *,
+    sockets: list[socket.socket] | None = None,
+    admin_sockets: list[socket.socket] | None = None,
+    companion: Companion | None = None,
+) -> None:
+    """Serve one process until SIGTERM/SIGINT and its drain are over.
+
+    Without ``sockets`` the server binds ``server.host:port`` itself and serves the admin
+    app on ``server.admin_port`` when set. A worker passes the sockets its supervisor
+    bound; only the worker given ``admin_sockets`` serves the admin app.
+    """
     app = create_app(settings)
     server = DrainingServer(
         uvicorn.Config(app, **uvicorn_kwargs(settings)), settings.server.unready_seconds
     )
     admin_app = app.state.admin_app
-    if admin_app is None:
+    admin_server = None
+    if admin_app is not None and (sockets is None or admin_sockets is not None):
+        kwargs = uvicorn_kwargs(settings) | {
+            "host": settings.server.admin_host,
+            "port": settings.server.admin_port,
+            "lifespan": "off",
+        }
+        admin_server = _FollowerServer(uvicorn.Config(admin_app, **kwargs))
+    if admin_server is None and sockets is None and companion is None:
         server.run()
         return
-    kwargs = uvicorn_kwargs(settings) | {
-        "host": settings.server.admin_host,
-        "port": settings.server.admin_port,
-        "lifespan": "off",
-    }
-    admin_server = _FollowerServer(uvicorn.Config(admin_app, **kwargs))
     with asyncio.Runner(loop_factory=server.config.get_loop_factory()) as runner:
-        runner.run(_serve_both(server, admin_server))
+        runner.run(_serve_all(server, sockets, admin_server, admin_sockets, companion))
 
 
 class _FollowerServer(uvicorn.Server):
@@ -138,11 +159,28 @@ class _FollowerServer(uvicorn.Server):
         yield
 
 
-async def _serve_both(main: uvicorn.Server, admin: uvicorn.Server) -> None:
-    main_task = asyncio.create_task(main.serve())
+async def _serve_all(
+    main: uvicorn.Server,
+    sockets: list[socket.socket] | None,
+    admin: uvicorn.Server | None,
+    admin_sockets: list[socket.socket] | None,
+    companion: Companion | None,
+) -> None:
+    main_task = asyncio.create_task(main.serve(sockets=sockets))
     while not main.started and not main_task.done():  # noqa: ASYNC110 - uvicorn has no event
         await asyncio.sleep(0.01)
-    admin_task = asyncio.create_task(admin.serve())
-    await main_task
-    admin.should_exit = True
-    await admin_task
+    started = main.started  # else startup failed: main_task is done, with its exit status
+    admin_task = (
+        asyncio.create_task(admin.serve(sockets=admin_sockets)) if admin and started else None
+    )
+    side_task = asyncio.create_task(companion(main)) if companion and started else None
+    try:
+        await main_task
+    finally:
+        if admin is not None and admin_task is not None:
+            admin.should_exit = True
+            await admin_task
+        if side_task is not None:
+            side_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await side_task
