@@ -158,21 +158,34 @@ class Pipeline:
             body = upstream_body(admitted, engine)
             upstream = await self.transport.open_stream(engine, ctx.endpoint, body, ctx.request_id)
             try:
-                async for payload in upstream.events():
-                    if payload == b"[DONE]":
-                        return
-                    frame_err, usage_only = tracker.inspect(payload)
-                    if frame_err is not None:
-                        message = frame_err.get("message") or "The engine failed mid-stream."
-                        raise UpstreamError(sanitize(str(message)), code="upstream_stream_error")
-                    if ctx.ttft is None and tracker.chunks:
-                        ctx.ttft = time.perf_counter() - ctx.t0
-                        self.forwarder.success(engine)  # it generates: a probe has passed
-                    if usage_only and not wants_usage:
-                        continue
-                    yield frame(payload)
-                    if tracker.chunks % BUDGET_CHECK_EVERY == 0:
-                        await self._check_stream_budget(ctx, admitted, engine, tracker)
+                async for batch in upstream.batches():
+                    # Frames that arrived together leave together: one write, no delay.
+                    out: list[bytes] = []
+                    for payload in batch:
+                        if payload == b"[DONE]":
+                            if out:
+                                yield b"".join(out)
+                            return
+                        frame_err, usage_only = tracker.inspect(payload)
+                        if frame_err is not None:
+                            if out:
+                                yield b"".join(out)
+                            message = frame_err.get("message") or "The engine failed mid-stream."
+                            raise UpstreamError(
+                                sanitize(str(message)), code="upstream_stream_error"
+                            )
+                        if ctx.ttft is None and tracker.chunks:
+                            ctx.ttft = time.perf_counter() - ctx.t0
+                            self.forwarder.success(engine)  # it generates: a probe has passed
+                        if usage_only and not wants_usage:
+                            continue
+                        out.append(frame(payload))
+                        if tracker.chunks % BUDGET_CHECK_EVERY == 0:
+                            yield b"".join(out)
+                            out = []
+                            await self._check_stream_budget(ctx, admitted, engine, tracker)
+                    if out:
+                        yield b"".join(out)
             finally:
                 ctx.usage = tracker.usage
                 ctx.output.text = tracker.text_parts

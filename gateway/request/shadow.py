@@ -143,14 +143,19 @@ class ShadowRunner:
             if stream:
                 upstream = await self._client.open_stream(engine, endpoint, body, shadow_id)
                 try:
-                    async for payload in upstream.events():
-                        if payload == b"[DONE]":
+                    done = False
+                    async for batch in upstream.batches():
+                        for payload in batch:
+                            if payload == b"[DONE]":
+                                done = True
+                                break
+                            if ttft is None:
+                                ttft = time.perf_counter() - t0
+                            obj = orjson.loads(payload)
+                            if isinstance(obj, dict):
+                                usage = Usage.parse(obj.get("usage")) or usage
+                        if done:
                             break
-                        if ttft is None:
-                            ttft = time.perf_counter() - t0
-                        obj = orjson.loads(payload)
-                        if isinstance(obj, dict):
-                            usage = Usage.parse(obj.get("usage")) or usage
                 finally:
                     await upstream.aclose()
             else:

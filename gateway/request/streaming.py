@@ -101,7 +101,10 @@ class SSEResponse(Response):
         self._hooks = hooks
         self._keepalive_s = keepalive_s
         self.outcome = outcome or StreamOutcome()
+        #: Taken by the pinger, and by the pump only while the pinger holds it.
         self._lock = asyncio.Lock()
+        #: The pump is inside a send (so the pinger keeps quiet).
+        self._sending = False
         self._last_send = 0.0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -139,11 +142,16 @@ class SSEResponse(Response):
         loop = asyncio.get_running_loop()
         try:
             async for chunk in self._events:
-                async with self._lock:
-                    if not outcome.committed:
-                        await self._commit(send, 200, self._hooks.headers())
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                    self._last_send = loop.time()
+                if self._lock.locked():  # the pinger is writing: wait for it
+                    async with self._lock:
+                        await self._send_chunk(send, chunk)
+                else:  # the common case: no lock round trip; the pinger sees _sending
+                    self._sending = True
+                    try:
+                        await self._send_chunk(send, chunk)
+                    finally:
+                        self._sending = False
+                self._last_send = loop.time()
                 outcome.frames_sent += 1
         except GatewayError as err:
             outcome.error = err
@@ -162,6 +170,11 @@ class SSEResponse(Response):
             if not outcome.committed:
                 await self._commit(send, 200, self._hooks.headers())
             await send({"type": "http.response.body", "body": DONE_FRAME, "more_body": False})
+
+    async def _send_chunk(self, send: Send, chunk: bytes) -> None:
+        if not self.outcome.committed:
+            await self._commit(send, 200, self._hooks.headers())
+        await send({"type": "http.response.body", "body": chunk, "more_body": True})
 
     async def _send_error(self, send: Send, err: GatewayError) -> None:
         async with self._lock:
@@ -199,6 +212,8 @@ class SSEResponse(Response):
             if loop.time() - self._last_send < interval:
                 continue
             async with self._lock:
+                if self._sending:  # the pump is writing: it has just sent something
+                    continue
                 if not self.outcome.committed:
                     await self._commit(send, 200, self._hooks.headers())
                 await send(

@@ -12,7 +12,7 @@ from gateway.errors import UpstreamTimeoutError
 from gateway.protocol import Endpoint
 from gateway.upstream.engine import Engine
 from gateway.upstream.errors import translate_exception, translate_status
-from gateway.upstream.sse import timed_events
+from gateway.upstream.sse import timed_batches
 from gateway.upstream.transport import ProbeResponse, UpstreamResponse
 
 
@@ -32,9 +32,9 @@ class AiohttpStream:
         self._started = started
         self._closed = False
 
-    def events(self) -> AsyncIterator[bytes]:
+    def batches(self) -> AsyncIterator[list[bytes]]:
         tier = self.engine.tier
-        return timed_events(
+        return timed_batches(
             self._response.content.iter_any(),
             self._timeouts,
             self._started,

@@ -21,7 +21,7 @@ from gateway.config import TimeoutSettings
 from gateway.protocol import Endpoint
 from gateway.upstream.engine import Engine
 from gateway.upstream.errors import translate_exception, translate_status
-from gateway.upstream.sse import timed_events
+from gateway.upstream.sse import timed_batches
 from gateway.upstream.transport import ProbeResponse, UpstreamResponse
 
 
@@ -92,9 +92,9 @@ class MockStream:
             raise reply.error_after
         self._finished = True
 
-    def events(self) -> AsyncIterator[bytes]:
+    def batches(self) -> AsyncIterator[list[bytes]]:
         tier = self._request.engine.tier
-        return timed_events(
+        return timed_batches(
             self._chunks(),
             self._t.timeouts,
             self._started,

@@ -36,8 +36,11 @@ class ProbeResponse:
 class UpstreamStream(Protocol):
     """An open streaming response, accepted by the engine (status 200)."""
 
-    def events(self) -> AsyncIterator[bytes]:
-        """SSE payloads, within the stream's time limits; raises GatewayError."""
+    def batches(self) -> AsyncIterator[list[bytes]]:
+        """SSE payloads, a list per network read, within the stream's time limits.
+
+        Raises GatewayError on any failure.
+        """
         ...
 
     async def aclose(self) -> None:

@@ -106,7 +106,7 @@ def slow(first_delay: float, gap: float, n: int = 3) -> Handler:
 async def collect(client: AiohttpTransport, engine: Engine) -> list[bytes]:
     stream = await client.open_stream(engine, Endpoint.CHAT, b"{}", "rid")
     try:
-        return [p async for p in stream.events()]
+        return [p async for batch in stream.batches() for p in batch]
     finally:
         await stream.aclose()
 
@@ -159,8 +159,8 @@ async def test_closing_a_stream_early_drops_the_connection() -> None:
     async with serve(endless) as url:
         client, engine = client_for(url)
         stream = await client.open_stream(engine, Endpoint.CHAT, b"{}", "rid")
-        async for payload in stream.events():
-            assert payload == b"x"
+        async for batch in stream.batches():
+            assert batch[0] == b"x"
             break
         await stream.aclose()
         # the engine notices the disconnect (and so would abort the request)
