@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import gc
 import logging
@@ -31,6 +30,7 @@ from gateway.request.admission import Admission
 from gateway.request.forward import Forwarder
 from gateway.request.metering import Meter
 from gateway.request.observe import Observer
+from gateway.request.overload import LoopLag, OverloadGuard
 from gateway.request.pipeline import Pipeline
 from gateway.request.shadow import ShadowRunner
 from gateway.routing.discovery import EngineDiscovery, Resolver, resolve_dns
@@ -133,8 +133,10 @@ async def build_services(
     pool.subscribe(metrics.watch_engine)
     engine_monitor = EngineMonitor(pool, transport, breakers, settings.routing.breaker)
     discovery = EngineDiscovery(pool, transport, breakers, settings.engines, resolver)
+    lag = LoopLag(metrics)
     svc = Services(
         settings=settings,
+        overload=OverloadGuard(settings.server, lag, metrics),
         pipeline=pipeline,
         metrics=metrics,
         authenticator=authenticator,
@@ -158,7 +160,7 @@ async def build_services(
     if monitor:
         await engine_monitor.check_once()
         engine_monitor.start()
-    lag_task = asyncio.get_running_loop().create_task(_measure_loop_lag(metrics))
+    lag.start()
     # Move the start-up heap (FastAPI, pydantic, tokenizers) out of the collector's reach:
     # without this, gen-2 collections walk it and pause the loop for 50-95 ms (bench/).
     gc.collect()
@@ -167,7 +169,7 @@ async def build_services(
         yield svc
     finally:
         svc.draining = True
-        lag_task.cancel()
+        await lag.stop()
         await discovery.stop()
         await engine_monitor.stop()
         if shadow is not None:
@@ -178,15 +180,6 @@ async def build_services(
         await transport.aclose()
         if keys is not None:
             keys.close()
-
-
-async def _measure_loop_lag(metrics: Metrics, interval: float = 0.25) -> None:
-    """Event-loop saturation hides from handler timers; sleep drift shows it."""
-    loop = asyncio.get_running_loop()
-    while True:
-        start = loop.time()
-        await asyncio.sleep(interval)
-        metrics.loop_lag.set(max(0.0, loop.time() - start - interval))
 
 
 def shadow_runner(

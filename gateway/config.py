@@ -46,6 +46,11 @@ class ServerSettings(_Section):
     #: sending here) before the listener closes and the drain starts.
     unready_seconds: float = Field(0.0, ge=0)
     keepalive_seconds: float = Field(15.0, gt=0)
+    #: Overload control, per worker (gateway/request/overload.py): past either limit a
+    #: request gets 503 + Retry-After at once, before any quota or engine work.
+    max_in_flight: int = Field(1024, ge=1)
+    #: Event-loop lag that means "saturated"; 0 turns the lag signal off.
+    max_loop_lag_ms: float = Field(50.0, ge=0)
     log_level: str = "INFO"
     access_log: bool = True
 

@@ -182,6 +182,13 @@ class Metrics:
             "tollgate_cost_usd", "Cost of served requests in USD.", ["model", "tier"], registry=r
         )
 
+        self.overload_refusals = Counter(
+            "tollgate_overload_refusals",
+            "Requests refused at once because the process was past capacity, by signal "
+            "(in_flight, loop_lag).",
+            ["signal"],
+            registry=r,
+        )
         self.quota_refusals = Counter(
             "tollgate_quota_refusals",
             "Requests refused by a quota, by the limit hit (rpm, tpm, concurrency, "

@@ -17,6 +17,7 @@ from gateway.keys import KeyServices
 from gateway.ledger.service import Ledger
 from gateway.metrics import Metrics
 from gateway.quotas.base import QuotaStore
+from gateway.request.overload import OverloadGuard
 from gateway.request.pipeline import Pipeline
 from gateway.routing.discovery import EngineDiscovery
 from gateway.routing.health import Breakers
@@ -35,6 +36,8 @@ class Services:
     settings: Settings
     pipeline: Pipeline
     metrics: Metrics
+    #: Refuses requests past this process's capacity (before any other work).
+    overload: OverloadGuard
     authenticator: Authenticator
     quotas: QuotaStore
     router: Router

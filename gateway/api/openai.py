@@ -105,10 +105,11 @@ class OpenAIRoutes:
             raise ServiceUnavailableError(
                 "The gateway is shutting down.", headers={"Retry-After": "1", "Connection": "close"}
             )
+        pipeline = svc.pipeline
+        svc.overload.check(pipeline.active)
         body = await read_body(receive, length, svc.settings.server.max_body_bytes)
         if body is None:
             return None
-        pipeline = svc.pipeline
         ctx = pipeline.new_context(rid, endpoint)
         # A client that hangs up while a non-streaming request runs aborts it upstream too
         # (streams have their own watcher in SSEResponse).
