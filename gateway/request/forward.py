@@ -60,13 +60,13 @@ class Forwarder:
                 last = err
                 continue
             sent = False
+            ctx.engine = engine  # from here on the engine may be working on it: billable
             try:
                 async with aclosing(call(engine)) as items:
                     async for item in items:
                         sent = True
                         yield item
             except GatewayError as err:
-                ctx.engine = engine
                 self.failed(engine, err)
                 if sent or not err.retryable:
                     raise
@@ -76,7 +76,6 @@ class Forwarder:
                 slot.release()
                 self._breakers.release(engine)
             self._breakers.success(engine)
-            ctx.engine = engine
             return
         raise exhausted(last)
 

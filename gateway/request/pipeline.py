@@ -27,6 +27,7 @@ from gateway.protocol import Endpoint
 from gateway.quotas.base import Demand, QuotaStore
 from gateway.request import headers, metering, route
 from gateway.request.admission import Admission
+from gateway.request.budget import StreamBudget
 from gateway.request.context import Admitted, RequestContext
 from gateway.request.forward import Forwarder, upstream_body
 from gateway.request.metering import Meter, Usage
@@ -42,8 +43,8 @@ from gateway.upstream.transport import Transport
 
 log = logging.getLogger("tollgate.access")
 
-#: Check the budget of a running stream every this many chunks.
-BUDGET_CHECK_EVERY = 16
+#: Ends after which an engine that gave no usage had still worked on the request.
+_ENGINE_WORKED = frozenset({"client_disconnect", "timeout"})
 
 
 class Pipeline:
@@ -112,10 +113,12 @@ class Pipeline:
         except GatewayError as err:
             ctx.error = err
             raise
-        except BaseException as exc:
+        except asyncio.CancelledError:  # the client hung up (or the server is stopping)
+            ctx.status = "client_disconnect"
+            ctx.http_status = 499
+            raise
+        except BaseException:
             ctx.error = InternalError("The gateway failed to serve the request.")
-            if isinstance(exc, asyncio.CancelledError):
-                ctx.status = "client_disconnect"
             raise
         finally:
             await self.finish(ctx)
@@ -153,8 +156,8 @@ class Pipeline:
         wants_usage = admitted.request.client_wants_usage
 
         async def call(engine: Engine) -> AsyncGenerator[bytes]:
-            ctx.engine = engine
             tracker = UsageTracker()
+            budget = self._stream_budget(admitted, engine)
             body = upstream_body(admitted, engine)
             upstream = await self.transport.open_stream(engine, ctx.endpoint, body, ctx.request_id)
             try:
@@ -177,13 +180,18 @@ class Pipeline:
                         if ctx.ttft is None and tracker.chunks:
                             ctx.ttft = time.perf_counter() - ctx.t0
                             self.forwarder.success(engine)  # it generates: a probe has passed
+                        if budget is not None and tracker.chunks > budget.limit:
+                            if out:
+                                yield b"".join(out)
+                                out = []
+                            try:
+                                await budget.passed(tracker.chunks)
+                            except QuotaExceededError:
+                                ctx.status = "budget_cutoff"
+                                raise
                         if usage_only and not wants_usage:
                             continue
                         out.append(frame(payload))
-                        if tracker.chunks % BUDGET_CHECK_EVERY == 0:
-                            yield b"".join(out)
-                            out = []
-                            await self._check_stream_budget(ctx, admitted, engine, tracker)
                     if out:
                         yield b"".join(out)
             finally:
@@ -196,30 +204,11 @@ class Pipeline:
             async for chunk in frames:
                 yield chunk
 
-    async def _check_stream_budget(
-        self, ctx: RequestContext, admitted: Admitted, engine: Engine, tracker: UsageTracker
-    ) -> None:
-        """End a stream whose output so far costs more than its key may still spend.
-
-        Admission reserved the worst case, so this only fires when output outgrows it (an
-        engine ignoring max_tokens, a reservation made while budgets failed open); only
-        then is the live remaining budget read from the quota store.
-        """
+    def _stream_budget(self, admitted: Admitted, engine: Engine) -> StreamBudget | None:
+        """The stream's budget guard, when streams are cut on budget and it is priced."""
         if not self._cut_streams or not self.meter.priced(engine):
-            return
-        res = admitted.reservation
-        spent = self.meter.output_cost(engine, admitted.prompt_tokens, tracker.chunks)
-        beyond = spent - res.demand.cost_nusd
-        if beyond <= 0:
-            return
-        remaining = await self.quotas.budget_remaining_nusd(res.principal)
-        if remaining is None or beyond <= remaining:
-            return
-        ctx.status = "budget_cutoff"
-        raise QuotaExceededError(
-            "Budget exhausted during this stream: the output was cut at "
-            f"{tracker.chunks} chunks (about ${spent / 1e9:.6f}) to stay within the budget."
-        )
+            return None
+        return StreamBudget(self.quotas, self.meter, engine, admitted)
 
     # ------------------------------------------------------------------ the lifecycle
 
@@ -234,10 +223,11 @@ class Pipeline:
                 ctx.status = "timeout" if ctx.error.status_code == 504 else "error"
         engine = ctx.engine
         if engine is not None and ctx.usage is None:
-            if ctx.output.chunks or ctx.status == "client_disconnect":
-                # Output was produced (or the prompt was being processed): bill it.
+            if ctx.output.chunks or ctx.status in _ENGINE_WORKED:
+                # Output was produced, or the engine had the prompt when the request
+                # ended (a hang-up, a time-out): bill what it did, marked as estimated.
                 self._estimate_usage(ctx, engine)
-            else:
+            else:  # the engine refused or failed: nothing to bill
                 ctx.usage = metering.NO_USAGE
         ctx.cost_nusd = self.meter.cost(engine, ctx.usage or metering.NO_USAGE) if engine else 0
         try:

@@ -113,16 +113,17 @@ def test_stream_is_cut_when_the_budget_runs_out(tmp_path: Path) -> None:
         )
         payloads, recorder, pipeline = cut_stream(cfg)
     content = [p for p in payloads[:-2] if b'"delta"' in p]
-    # Reserved 5 tokens of 40: at 32 chunks 27 over the reservation still fit in the
-    # 35 left; at 48 they do not, and the stream ends there.
-    assert len(content) == 48
+    # Reserved 5 tokens of 40, 35 left: the 41st chunk would pass the budget, so the
+    # stream ends before it is sent.
+    assert len(content) == 40
     error = orjson.loads(payloads[-2])["error"]
     assert error["type"] == "insufficient_quota" and error["code"] == "insufficient_quota"
     assert "Budget exhausted during this stream" in error["message"]
     assert payloads[-1] == b"[DONE]"
     (rec,) = recorder.records
-    assert rec.status == "budget_cutoff" and rec.completion_tokens >= 48
-    assert rec.cost_nusd == rec.completion_tokens * 1_000_000
+    # Billed for what the engine generated: at most the one chunk past the budget.
+    assert rec.status == "budget_cutoff" and rec.completion_tokens == 41
+    assert rec.cost_nusd == rec.completion_tokens * 1_000_000 <= 40_000_000 + 1_000_000
     assert pipeline.quotas.status()["scopes"] == 1  # type: ignore[attr-defined]
 
 

@@ -303,3 +303,38 @@ async def test_a_client_that_leaves_mid_stream_aborts_the_engine_and_is_billed(
     (r,) = rec.records
     assert (r.status, r.http_status) == ("client_disconnect", 499)
     assert r.usage_estimated and r.completion_tokens >= 3 and r.cost_nusd > 0
+
+
+async def test_a_unary_hang_up_is_billed_for_the_prompt(tmp_path: Path) -> None:
+    reached = asyncio.Event()
+
+    def engine(r: MockRequest) -> MockReply:
+        reached.set()
+        return MockReply(body=b"{}", delay_s=5)
+
+    async with pipeline_with(tmp_path, engine) as (svc, _mock, rec):
+        task = asyncio.ensure_future(handle(svc, chat()))
+        await asyncio.wait_for(reached.wait(), 5)
+        task.cancel()  # what the route does when the client disconnects
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert svc.pipeline.active == 0
+    (r,) = rec.records
+    assert (r.status, r.http_status, r.error_code) == ("client_disconnect", 499, None)
+    assert r.usage_estimated and r.prompt_tokens > 0 and r.completion_tokens == 0
+    assert r.cost_nusd == r.prompt_tokens * 50 > 0  # the small tier's prompt price
+
+
+async def test_a_unary_time_out_is_billed_for_the_prompt(tmp_path: Path) -> None:
+    async with pipeline_with(
+        tmp_path,
+        lambda r: MockReply(body=b"{}", delay_s=5),
+        timeouts={"total_s": 0.2},
+        routing={"fallback": False, "retries": {"attempts": 1}},
+    ) as (svc, mock, rec):
+        with pytest.raises(GatewayError) as exc:
+            await handle(svc, chat())
+    assert exc.value.status_code == 504 and len(mock.requests) == 1
+    (r,) = rec.records
+    assert (r.status, r.http_status) == ("timeout", 504)
+    assert r.usage_estimated and r.prompt_tokens > 0 and r.cost_nusd > 0
