@@ -44,7 +44,7 @@ import os
 import socket
 import struct
 import time
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
@@ -464,6 +464,10 @@ class StandinEngine:
                 return response
             if gen is None:
                 return _json(embeddings, headers)
+            if fault.mode == "trickle":
+                outcome = None
+                ended = lambda: stats.closed("completed" if gen.finished else "aborted")  # noqa: E731
+                return self._trickle(gen, fault, headers, ended)
             if gen.stream:
                 outcome = None
                 ended = lambda: stats.closed("completed" if gen.finished else "aborted")  # noqa: E731
@@ -545,6 +549,29 @@ class StandinEngine:
         finally:
             self.scheduler.release()
             self.generation_tokens += gen.emitted * gen.choices
+
+    def _trickle(
+        self, gen: _Gen, fault: Fault, headers: Mapping[str, str], ended: Callable[[], None]
+    ) -> Response:
+        """The whole answer, one byte every `fault.ms` (an engine that crawls)."""
+
+        async def body() -> AsyncGenerator[bytes, None]:
+            finished = gen.finished
+            gen.finished = False
+            chunks = [c async for c in self._generate(gen, NO_FAULT)]
+            if not gen.stream:
+                chunks = [gen.wire.full(gen, self._model)]
+            done, gen.finished = gen.finished, finished
+            for byte in b"".join(chunks):
+                await asyncio.sleep(fault.ms / 1000)
+                yield bytes((byte,))
+            gen.finished = done
+
+        response = EventStream(body(), headers, ended)
+        if not gen.stream:
+            response.media_type = "application/json"
+            response.init_headers(headers)
+        return response
 
     async def _complete(self, gen: _Gen, fault: Fault, headers: Mapping[str, str]) -> Response:
         async for _ in self._generate(gen, fault):

@@ -23,6 +23,9 @@ Modes (a spec's argument after the colon fills the field in brackets):
     stall_after:N     [tokens]  stream N tokens, then hang until the client disconnects
     slow_first_token:MS   [ms]  add MS milliseconds to the time to first token
     error_mid_stream:N [tokens] stream N tokens, then an error frame and `data: [DONE]`
+    trickle:MS            [ms]  send the whole answer one byte every MS milliseconds
+
+`stall_after:0` answers the headers of a stream and then nothing (headers, then a stall).
 
 Without streaming, `stall_after` hangs and `error_mid_stream` answers 500 after the
 time the N tokens take. Options, comma-separated in a spec or as JSON fields:
@@ -70,12 +73,14 @@ MODES = (
     "stall_after",
     "slow_first_token",
     "error_mid_stream",
+    "trickle",
 )
 _ARG_FIELD = {
     "error_5xx": "status",
     "stall_after": "tokens",
     "error_mid_stream": "tokens",
     "slow_first_token": "ms",
+    "trickle": "ms",
 }
 _INT_FIELDS = ("status", "tokens", "count")
 T = TypeVar("T")

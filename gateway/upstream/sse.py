@@ -64,20 +64,23 @@ async def timed_batches(
     deadline_total = started + timeouts.total_s
     first = True
     try:
-        async with asyncio.timeout(None) as cm:
+        # Deadlines run from the request's start (first event) and from the last event
+        # (the next one), not from the last read: an engine trickling bytes without
+        # completing an event still times out. The clock stops while the consumer holds
+        # a batch, so a slow client is not blamed on the engine.
+        async with asyncio.timeout_at(min(started + timeouts.ttft_s, deadline_total)) as cm:
             while True:
-                limit = timeouts.ttft_s if first else timeouts.idle_s
-                cm.reschedule(min(loop.time() + limit, deadline_total))
                 try:
                     data = await anext(chunks)
                 except StopAsyncIteration:
                     cm.reschedule(None)
                     return
-                cm.reschedule(None)
                 batch = reader.feed(data)
                 if batch:
                     first = False
+                    cm.reschedule(None)
                     yield batch
+                    cm.reschedule(min(loop.time() + timeouts.idle_s, deadline_total))
     except GatewayError:
         raise
     except TimeoutError:

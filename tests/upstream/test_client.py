@@ -166,3 +166,39 @@ async def test_closing_a_stream_early_drops_the_connection() -> None:
         # the engine notices the disconnect (and so would abort the request)
         await asyncio.wait_for(gone.wait(), 2)
         await client.aclose()
+
+
+def trickling(head: list[bytes], tail: bytes, every: float) -> Handler:
+    """Send ``head`` events at once, then ``tail`` one byte every ``every`` seconds."""
+
+    async def handler(request: web.BaseRequest) -> web.StreamResponse:
+        resp = web.StreamResponse(status=200, headers={"content-type": "text/event-stream"})
+        await resp.prepare(request)
+        for frame in head:
+            await resp.write(frame)
+        for byte in tail:
+            await asyncio.sleep(every)
+            await resp.write(bytes((byte,)))
+        await resp.write_eof()
+        return resp
+
+    return handler
+
+
+@pytest.mark.parametrize(
+    ("head", "kind"),
+    [([], "time to first token"), ([b"data: first\n\n"], "idle time between chunks")],
+)
+async def test_a_trickling_engine_times_out_though_bytes_keep_coming(
+    head: list[bytes], kind: str
+) -> None:
+    event = b"data: " + b"x" * 200 + b"\n\n"  # >0.6 s of bytes at one per 3 ms...
+    async with serve(trickling(head, event * 5, every=0.003)) as url:
+        client, engine = client_for(url, ttft_s=0.3, idle_s=0.3)
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(UpstreamTimeoutError, match=kind):
+            await collect(client, engine)
+        # ...bytes keep coming all the while, but no event completes in time, and the
+        # deadlines move only on events.
+        assert asyncio.get_running_loop().time() - started < 1.5
+        await client.aclose()
