@@ -9,8 +9,11 @@ streaming), closed-loop workers drive:
   was before this comparison (its timeouts, status handling and SSE parsing);
 * ``aiohttp``: a ``ClientSession`` + ``TCPConnector`` doing the same work (the same
   timeouts, status check and the gateway's ``SSEReader`` on the stream);
-* ``gateway``: the gateway's own :class:`gateway.upstream.client.AiohttpTransport` as it is now
-  (aiohttp-based since this comparison), to check it stays as cheap as bare aiohttp;
+* ``gateway``: the gateway's :class:`gateway.upstream.client.AiohttpTransport`, the
+  aiohttp-based transport that was the default until ``http`` replaced it;
+* ``http``: the gateway's :class:`gateway.upstream.http.HttpTransport` (the default now),
+  a keep-alive HTTP/1.1 client on ``asyncio.Protocol`` + httptools, with its timeouts,
+  status handling and SSE parsing;
 * ``httpx2``: pydantic's fork of httpx (installed with ``openai``), whose reworked
   connection pool targets exactly the per-request pool scan, with the same settings;
 * ``raw``: the benchmark's own keep-alive client (:mod:`bench.loadgen`) as a floor:
@@ -46,13 +49,14 @@ from gateway.config import EngineSettings, TimeoutSettings
 from gateway.protocol import Endpoint
 from gateway.upstream.client import AiohttpTransport
 from gateway.upstream.engine import Engine
+from gateway.upstream.http import HttpTransport
 from gateway.upstream.sse import SSEReader
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = results.RESULTS
 MODEL = "standin-clients"
 HOST = "127.0.0.1"
-CLIENTS = ("httpx", "aiohttp", "gateway", "httpx2", "raw")
+CLIENTS = ("httpx", "aiohttp", "gateway", "http", "httpx2", "raw")
 MODES = ("unary", "stream")
 
 Call = Callable[[], Awaitable[bool]]
@@ -90,12 +94,33 @@ async def gateway_client(
     url: str, concurrency: int, stream: bool, max_tokens: int
 ) -> AsyncIterator[Call]:
     """The gateway's AiohttpTransport, configured as the gateway configures it."""
+    async with _transport_client(AiohttpTransport, url, concurrency, stream, max_tokens) as c:
+        yield c
+
+
+@contextlib.asynccontextmanager
+async def http_client(
+    url: str, concurrency: int, stream: bool, max_tokens: int
+) -> AsyncIterator[Call]:
+    """The gateway's HttpTransport, configured as the gateway configures it."""
+    async with _transport_client(HttpTransport, url, concurrency, stream, max_tokens) as c:
+        yield c
+
+
+@contextlib.asynccontextmanager
+async def _transport_client(
+    kind: type[AiohttpTransport | HttpTransport],
+    url: str,
+    concurrency: int,
+    stream: bool,
+    max_tokens: int,
+) -> AsyncIterator[Call]:
     settings = EngineSettings.model_validate(
         {"name": "bench", "url": url, "tier": "small", "model": MODEL,
          "max_concurrency": max(64, concurrency)}
     )  # fmt: skip
     timeouts = TimeoutSettings.model_validate({})
-    client = AiohttpTransport(timeouts)
+    client = kind(timeouts)
     engine = Engine(settings)
     payload = body(stream, max_tokens)
 
@@ -269,6 +294,7 @@ FACTORIES = {
     "httpx": httpx_client,
     "aiohttp": aiohttp_client,
     "gateway": gateway_client,
+    "http": http_client,
     "httpx2": httpx2_client,
     "raw": raw_client,
 }
@@ -402,6 +428,7 @@ def run(cfg: Config) -> dict[str, Any]:
         "summary": summary,
     }
     data["recommendation"] = recommend(summary)
+    data["transports"] = transport_savings(summary)
     return data
 
 
@@ -451,6 +478,20 @@ def recommend(summary: list[dict[str, Any]]) -> dict[str, Any]:
             "every mode at every concurrency ≥16", "savings": savings}  # fmt: skip
 
 
+def transport_savings(summary: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Client CPU per request of HttpTransport against AiohttpTransport, per cell."""
+    cells = {(s["mode"], s["concurrency"], s["client"]): s for s in summary}
+    out = []
+    for (mode, c, client), s in cells.items():
+        old = cells.get((mode, c, "gateway"))
+        if client != "http" or old is None:
+            continue
+        new_us, old_us = s["client_cpu_us_per_request"], old["client_cpu_us_per_request"]
+        out.append({"mode": mode, "concurrency": c, "http_us": new_us, "aiohttp_us": old_us,
+                    "http_saves_pct": round(100 * (old_us - new_us) / old_us, 1)})  # fmt: skip
+    return out
+
+
 def write_markdown(data: dict[str, Any], path: Path) -> None:
     s, m, rec = data["settings"], data["machine"], data["recommendation"]
     out = [
@@ -479,6 +520,14 @@ def write_markdown(data: dict[str, Any], path: Path) -> None:
         out.append(
             f"- {x['mode']}, concurrency {x['concurrency']}: httpx {x['httpx_us']:.0f} µs, "
             f"aiohttp {x['aiohttp_us']:.0f} µs per request ({x['aiohttp_saves_pct']:.0f}% less)."
+        )
+    title = "## The gateway's transports: HttpTransport (`http`) vs AiohttpTransport (`gateway`)"
+    out += ["", title, ""]
+    for x in transport_savings(data["summary"]):
+        out.append(
+            f"- {x['mode']}, concurrency {x['concurrency']}: aiohttp transport "
+            f"{x['aiohttp_us']:.0f} µs, http transport {x['http_us']:.0f} µs per request "
+            f"({x['http_saves_pct']:.0f}% less)."
         )
     saturated = [
         r for r in data["summary"] if r["client"] == "httpx" and r["client_core_share"] >= 0.9

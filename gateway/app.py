@@ -41,7 +41,7 @@ from gateway.routing.router import Router
 from gateway.services import Services
 from gateway.throttle import FailedAttempts
 from gateway.tokens import TokenCounter
-from gateway.upstream.client import AiohttpTransport
+from gateway.upstream.http import HttpTransport
 from gateway.upstream.transport import Transport
 
 log = logging.getLogger(__name__)
@@ -81,7 +81,7 @@ async def build_services(
     metrics = Metrics()
     pool = EnginePool(settings.engines, metrics_stale_s=settings.routing.breaker.metrics_stale_s)
     breakers = Breakers(settings.routing.breaker)
-    transport = transport or AiohttpTransport(settings.timeouts)
+    transport = transport or HttpTransport(settings.timeouts)
     router = Router(settings, pool, breakers)
     meter = Meter(PriceBook.load(settings.pricing.file), pool.entries_by_tier)
     tokens = TokenCounter({e.model: e.tokenizer for e in settings.engines})

@@ -111,7 +111,7 @@ class AiohttpTransport:
             ) from None
         if resp.status >= 400:
             raise translate_status(engine.tier, resp.status, content)
-        return UpstreamResponse(resp.status, content, resp.headers)
+        return UpstreamResponse(resp.status, content)
 
     async def open_stream(
         self, engine: Engine, endpoint: Endpoint, body: bytes, request_id: str

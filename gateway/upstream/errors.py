@@ -23,6 +23,19 @@ from gateway.errors import (
     UpstreamTimeoutError,
 )
 
+
+class EngineConnectError(ConnectionError):
+    """Connecting to an engine failed: refused, unreachable or unresolvable."""
+
+
+class EngineConnectTimeout(TimeoutError):
+    """No connection to an engine (nor a free slot in its pool) within ``connect_s``."""
+
+
+class InvalidResponseError(Exception):
+    """The engine's bytes were not a valid HTTP/1.1 response."""
+
+
 _URLISH = re.compile(r"(https?://\S+|\b\d{1,3}(?:\.\d{1,3}){3}(?::\d+)?\b|localhost:\d+)")
 _MAX_MESSAGE = 1000
 
@@ -44,7 +57,10 @@ _CLOSED = _failed("{w} closed the connection unexpectedly.")
 #: Transport exceptions, most specific first, to the error for ``w`` (the tier's engine).
 EXCEPTIONS: tuple[tuple[type[BaseException], Callable[[str], GatewayError]], ...] = (
     (aiohttp.ConnectionTimeoutError, _unavailable("Connecting to {w} timed out.")),
+    (EngineConnectTimeout, _unavailable("Connecting to {w} timed out.")),
     (aiohttp.ClientConnectorError, _unavailable("{w} refused the connection.")),
+    (EngineConnectError, _unavailable("{w} refused the connection.")),
+    (InvalidResponseError, _failed("{w} sent an invalid HTTP response.")),
     (aiohttp.ServerTimeoutError, _timeout("{w} timed out.")),
     (TimeoutError, _timeout("{w} timed out.")),
     (ConnectionRefusedError, _unavailable("{w} refused the connection.")),
@@ -89,6 +105,11 @@ def upstream_message(body: bytes) -> str:
         elif isinstance(data.get("message"), str):
             return sanitize(data["message"])
     return ""
+
+
+def exceeded(tier: str, limit: str) -> UpstreamTimeoutError:
+    """A time limit of the request (``total time``, ``time to first token``) ran out."""
+    return UpstreamTimeoutError(f"The {tier} tier's engine exceeded the {limit} limit.")
 
 
 def translate_status(tier: str, status: int, body: bytes) -> GatewayError:

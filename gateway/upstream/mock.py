@@ -142,7 +142,7 @@ class MockTransport:
                 raise translate_exception(engine.tier, TimeoutError()) from None
         if reply.status >= 400:
             raise translate_status(engine.tier, reply.status, reply.body)
-        return UpstreamResponse(reply.status, reply.body, {})
+        return UpstreamResponse(reply.status, reply.body)
 
     async def open_stream(
         self, engine: Engine, endpoint: Endpoint, body: bytes, request_id: str

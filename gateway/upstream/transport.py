@@ -1,14 +1,16 @@
 """The seam between the request path and the engines.
 
 :class:`Transport` is what the pipeline, the health monitor, discovery and the shadow
-runner call. :class:`~gateway.upstream.client.AiohttpTransport` speaks HTTP to real
-engines; :class:`~gateway.upstream.mock.MockTransport` answers from a function, so the
-request path is unit-tested without sockets (as httpx's ``MockTransport`` does).
+runner call. :class:`~gateway.upstream.http.HttpTransport` speaks HTTP to real engines
+(:class:`~gateway.upstream.client.AiohttpTransport`, the aiohttp-based one it replaced,
+is kept as the baseline it is measured and tested against);
+:class:`~gateway.upstream.mock.MockTransport` answers from a function, so the request
+path is unit-tested without sockets (as httpx's ``MockTransport`` does).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -22,7 +24,6 @@ class UpstreamResponse:
 
     status: int
     body: bytes
-    headers: Mapping[str, str]
 
 
 @dataclass(slots=True)

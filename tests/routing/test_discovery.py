@@ -12,7 +12,7 @@ from gateway.routing.discovery import EngineDiscovery, replica_settings, resolve
 from gateway.routing.health import Breakers
 from gateway.routing.pool import EnginePool
 from gateway.routing.router import Router
-from gateway.upstream.client import AiohttpTransport
+from gateway.upstream.http import HttpTransport
 from tests.routing.helpers import FakeClock, engine, features, make_settings
 
 
@@ -46,7 +46,7 @@ def build(resolver: FakeResolver, entries: list[dict[str, Any]]) -> tuple[Any, .
     s = make_settings(entries)
     pool = EnginePool(s.engines)
     breakers = Breakers(BreakerSettings())
-    client = AiohttpTransport(TimeoutSettings())
+    client = HttpTransport(TimeoutSettings())
     discovery = EngineDiscovery(pool, client, breakers, s.engines, resolver)
     return s, pool, breakers, discovery
 

@@ -13,7 +13,7 @@ from gateway.errors import OverloadedError
 from gateway.routing.health import Breakers
 from gateway.routing.monitor import EngineMonitor, parse_vllm_metrics
 from gateway.routing.pool import EnginePool
-from gateway.upstream.client import AiohttpTransport
+from gateway.upstream.http import HttpTransport
 from tests.fake_upstream import serve
 from tests.routing.helpers import engine, make_settings
 
@@ -113,7 +113,7 @@ async def test_monitor_scrapes_ejects_and_readmits() -> None:
         port = int(url.rsplit(":", 1)[1])
         s = make_settings([engine("small-0", "small", port), engine("large-0", "large", port)])
         pool = EnginePool(s.engines)
-        client = AiohttpTransport(TimeoutSettings())
+        client = HttpTransport(TimeoutSettings())
         breakers = Breakers(BreakerSettings())
         monitor = EngineMonitor(pool, client, breakers, BreakerSettings())
         e = pool.engines["large-0"]

@@ -17,7 +17,7 @@ from gateway.protocol import Endpoint
 from gateway.request.metering import Meter
 from gateway.request.shadow import ShadowRunner
 from gateway.routing.pool import EnginePool
-from gateway.upstream.client import AiohttpTransport
+from gateway.upstream.http import HttpTransport
 from tests.fake_upstream import Handler, serve
 from tests.routing.helpers import ListRecorder, engine, make_settings
 
@@ -33,12 +33,12 @@ def handler_for(gate: asyncio.Event, seen: list[Any]) -> Handler:
     return handler
 
 
-def build(url: str) -> tuple[ShadowRunner, EnginePool, ListRecorder, AiohttpTransport]:
+def build(url: str) -> tuple[ShadowRunner, EnginePool, ListRecorder, HttpTransport]:
     port = int(url.rsplit(":", 1)[1])
     s = make_settings(
         [engine("large-0", "large", port), engine("cand", "large", port, max_concurrency=4)],
     )
-    client = AiohttpTransport(TimeoutSettings())
+    client = HttpTransport(TimeoutSettings())
     pool = EnginePool(s.engines)
     recorder = ListRecorder()
 

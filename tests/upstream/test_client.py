@@ -17,14 +17,24 @@ from gateway.protocol import Endpoint
 from gateway.upstream.client import AiohttpTransport
 from gateway.upstream.engine import Engine
 from gateway.upstream.errors import sanitize
+from gateway.upstream.http import HttpTransport
 from gateway.upstream.sse import SSEReader
 from tests.fake_upstream import Handler, serve, stream_frames
 from tests.support import free_port
 
+Client = HttpTransport | AiohttpTransport
 
-def client_for(url: str, **timeouts: float) -> tuple[AiohttpTransport, Engine]:
+
+@pytest.fixture(params=[HttpTransport, AiohttpTransport], ids=["http", "aiohttp"])
+def kind(request: pytest.FixtureRequest) -> type[Client]:
+    """Both transports pass the same tests: the new default and the baseline it replaced."""
+    cls: type[Client] = request.param
+    return cls
+
+
+def client_for(kind: type[Client], url: str, **timeouts: float) -> tuple[Client, Engine]:
     es = EngineSettings(name="e0", url=url, tier="small", model="m")
-    return AiohttpTransport(TimeoutSettings(**timeouts)), Engine(es)
+    return kind(TimeoutSettings(**timeouts)), Engine(es)
 
 
 def test_sse_reader_splits_across_chunk_boundaries() -> None:
@@ -51,13 +61,13 @@ def test_sanitize_strips_urls_and_addresses() -> None:
     ],
 )
 async def test_status_translation(
-    status: int, body: bytes, err: type[Exception], fragment: str
+    kind: type[Client], status: int, body: bytes, err: type[Exception], fragment: str
 ) -> None:
     async def handler(request: web.BaseRequest) -> web.StreamResponse:
         return web.Response(status=status, body=body)
 
     async with serve(handler) as url:
-        client, engine = client_for(url)
+        client, engine = client_for(kind, url)
         with pytest.raises(err) as exc:
             await client.send(engine, Endpoint.CHAT, b"{}", "rid")
         assert fragment in str(exc.value)
@@ -65,9 +75,9 @@ async def test_status_translation(
         await client.aclose()
 
 
-async def test_connect_error_is_503_without_url() -> None:
+async def test_connect_error_is_503_without_url(kind: type[Client]) -> None:
     port = free_port()  # nothing listens there: the connection is refused
-    client, engine = client_for(f"http://127.0.0.1:{port}")
+    client, engine = client_for(kind, f"http://127.0.0.1:{port}")
     with pytest.raises(EngineUnavailableError) as exc:
         await client.send(engine, Endpoint.CHAT, b"{}", "rid")
     assert "refused the connection" in exc.value.message
@@ -76,7 +86,7 @@ async def test_connect_error_is_503_without_url() -> None:
     await client.aclose()
 
 
-async def test_request_id_and_api_key_are_forwarded() -> None:
+async def test_request_id_and_api_key_are_forwarded(kind: type[Client]) -> None:
     seen: dict[str, str] = {}
 
     async def handler(request: web.BaseRequest) -> web.StreamResponse:
@@ -87,7 +97,7 @@ async def test_request_id_and_api_key_are_forwarded() -> None:
 
     async with serve(handler) as url:
         es = EngineSettings(name="e0", url=url, tier="small", model="m", api_key="sk-engine")
-        client, engine = AiohttpTransport(TimeoutSettings()), Engine(es)
+        client, engine = kind(TimeoutSettings()), Engine(es)
         resp = await client.send(engine, Endpoint.CHAT, b'{"x":1}', "abc-123")
         await client.aclose()
     assert seen == {"rid": "abc-123", "auth": "Bearer sk-engine", "body": '{"x":1}'}
@@ -103,7 +113,7 @@ def slow(first_delay: float, gap: float, n: int = 3) -> Handler:
     return handler
 
 
-async def collect(client: AiohttpTransport, engine: Engine) -> list[bytes]:
+async def collect(client: Client, engine: Engine) -> list[bytes]:
     stream = await client.open_stream(engine, Endpoint.CHAT, b"{}", "rid")
     try:
         return [p async for batch in stream.batches() for p in batch]
@@ -111,38 +121,38 @@ async def collect(client: AiohttpTransport, engine: Engine) -> list[bytes]:
         await stream.aclose()
 
 
-async def test_stream_ttft_timeout() -> None:
+async def test_stream_ttft_timeout(kind: type[Client]) -> None:
     async with serve(slow(0.5, 0)) as url:
-        client, engine = client_for(url, ttft_s=0.1, idle_s=5)
+        client, engine = client_for(kind, url, ttft_s=0.1, idle_s=5)
         with pytest.raises(UpstreamTimeoutError, match="time to first token"):
             await collect(client, engine)
         await client.aclose()
 
 
-async def test_stream_idle_timeout_is_separate_from_ttft() -> None:
+async def test_stream_idle_timeout_is_separate_from_ttft(kind: type[Client]) -> None:
     async with serve(slow(0.15, 0.5)) as url:
-        client, engine = client_for(url, ttft_s=1.0, idle_s=0.1)
+        client, engine = client_for(kind, url, ttft_s=1.0, idle_s=0.1)
         with pytest.raises(UpstreamTimeoutError, match="idle"):
             await collect(client, engine)
         await client.aclose()
 
 
-async def test_stream_within_limits_yields_all_events() -> None:
+async def test_stream_within_limits_yields_all_events(kind: type[Client]) -> None:
     async with serve(slow(0.01, 0.01)) as url:
-        client, engine = client_for(url, ttft_s=1.0, idle_s=1.0)
+        client, engine = client_for(kind, url, ttft_s=1.0, idle_s=1.0)
         assert await collect(client, engine) == [b"0", b"1", b"2"]
         await client.aclose()
 
 
-async def test_stream_total_timeout() -> None:
+async def test_stream_total_timeout(kind: type[Client]) -> None:
     async with serve(slow(0.01, 0.08, n=10)) as url:
-        client, engine = client_for(url, ttft_s=1.0, idle_s=1.0, total_s=0.3)
+        client, engine = client_for(kind, url, ttft_s=1.0, idle_s=1.0, total_s=0.3)
         with pytest.raises(UpstreamTimeoutError, match="total"):
             await collect(client, engine)
         await client.aclose()
 
 
-async def test_closing_a_stream_early_drops_the_connection() -> None:
+async def test_closing_a_stream_early_drops_the_connection(kind: type[Client]) -> None:
     gone = asyncio.Event()
 
     async def endless(request: web.BaseRequest) -> web.StreamResponse:
@@ -157,7 +167,7 @@ async def test_closing_a_stream_early_drops_the_connection() -> None:
             raise
 
     async with serve(endless) as url:
-        client, engine = client_for(url)
+        client, engine = client_for(kind, url)
         stream = await client.open_stream(engine, Endpoint.CHAT, b"{}", "rid")
         async for batch in stream.batches():
             assert batch[0] == b"x"
