@@ -132,8 +132,8 @@ async def _transport_client(
         upstream = await client.open_stream(engine, Endpoint.CHAT, payload, "bench")
         last = b""
         try:
-            async for event in upstream.events():
-                last = event
+            async for batch in upstream.batches():
+                last = batch[-1]
         finally:
             await upstream.aclose()
         return last == b"[DONE]"

@@ -15,7 +15,7 @@ what the gateway needs, on :mod:`gateway.upstream.connection`:
 Time limits are those of :class:`~gateway.upstream.client.AiohttpTransport`: ``connect_s``
 for a connection (or a free slot in the pool), ``total_s`` for a unary request,
 ``ttft_s`` until a stream's status and headers arrive, then
-:func:`~gateway.upstream.sse.timed_events`. Every failure goes through
+:func:`~gateway.upstream.sse.timed_batches`. Every failure goes through
 :mod:`gateway.upstream.errors`.
 """
 
@@ -29,7 +29,7 @@ from gateway.protocol import Endpoint
 from gateway.upstream.connection import Connection, ConnectionPool
 from gateway.upstream.engine import Engine
 from gateway.upstream.errors import exceeded, translate_exception, translate_status
-from gateway.upstream.sse import timed_events
+from gateway.upstream.sse import timed_batches
 from gateway.upstream.transport import ProbeResponse, UpstreamResponse
 
 #: An answered stream (its last event was ``[DONE]``) closed before the final chunk of
@@ -42,7 +42,7 @@ class HttpStream:
     """An open streaming response; closing it unfinished drops the connection.
 
     Iterating it yields raw body bytes (everything buffered since the last read);
-    :meth:`events` yields the SSE payloads within the stream's time limits.
+    :meth:`batches` yields the SSE payloads within the stream's time limits.
     """
 
     __slots__ = ("_conn", "_ended", "_saw_done", "_started", "_timeouts", "engine")
@@ -57,9 +57,9 @@ class HttpStream:
         self._ended = False
         self._saw_done = False
 
-    def events(self) -> AsyncIterator[bytes]:
+    def batches(self) -> AsyncIterator[list[bytes]]:
         tier = self.engine.tier
-        return timed_events(
+        return timed_batches(
             self, self._timeouts, self._started, tier, lambda e: translate_exception(tier, e)
         )
 

@@ -196,17 +196,17 @@ def trickling(head: list[bytes], tail: bytes, every: float) -> Handler:
 
 
 @pytest.mark.parametrize(
-    ("head", "kind"),
+    ("head", "limit"),
     [([], "time to first token"), ([b"data: first\n\n"], "idle time between chunks")],
 )
 async def test_a_trickling_engine_times_out_though_bytes_keep_coming(
-    head: list[bytes], kind: str
+    kind: type[Client], head: list[bytes], limit: str
 ) -> None:
     event = b"data: " + b"x" * 200 + b"\n\n"  # >0.6 s of bytes at one per 3 ms...
     async with serve(trickling(head, event * 5, every=0.003)) as url:
-        client, engine = client_for(url, ttft_s=0.3, idle_s=0.3)
+        client, engine = client_for(kind, url, ttft_s=0.3, idle_s=0.3)
         started = asyncio.get_running_loop().time()
-        with pytest.raises(UpstreamTimeoutError, match=kind):
+        with pytest.raises(UpstreamTimeoutError, match=limit):
             await collect(client, engine)
         # ...bytes keep coming all the while, but no event completes in time, and the
         # deadlines move only on events.

@@ -129,7 +129,7 @@ async def test_chunked_body_and_stream_events() -> None:
         resp = await t.send(e, Endpoint.CHAT, b"{}", "rid")
         assert resp.body == b"data: 1\n\ndata: 2\n\ndata: [DONE]\n\n"
         stream = await t.open_stream(e, Endpoint.CHAT, b"{}", "rid")
-        events = [p async for p in stream.events()]
+        events = [p async for batch in stream.batches() for p in batch]
         await stream.aclose()
         await t.aclose()
     assert events == [b"1", b"2", b"[DONE]"]
@@ -214,8 +214,8 @@ async def test_engine_closing_mid_stream_is_an_upstream_error() -> None:
         stream = await t.open_stream(e, Endpoint.CHAT, b"{}", "rid")
         got: list[bytes] = []
         with pytest.raises(UpstreamError, match="closed the connection unexpectedly"):
-            async for payload in stream.events():
-                got.append(payload)
+            async for batch in stream.batches():
+                got.extend(batch)
         await stream.aclose()
         await t.aclose()
     assert got == [b"1"]
@@ -276,8 +276,8 @@ async def test_stream_closed_after_done_keeps_its_connection() -> None:
         t, e = client(url)
         for _ in range(2):
             stream = await t.open_stream(e, Endpoint.CHAT, b"{}", "rid")
-            async for payload in stream.events():
-                if payload == b"[DONE]":
+            async for batch in stream.batches():
+                if b"[DONE]" in batch:
                     break
             await stream.aclose()
             await asyncio.sleep(0.1)
