@@ -24,10 +24,10 @@ from gateway.auth import Principal
 from gateway.config import Settings
 from gateway.errors import QuotaExceededError
 from gateway.quotas.base import Demand, Reservation
-from tests.routing.helpers import ListRecorder
 from tests.support import (
     CLIENT_KEY,
     EngineSpec,
+    ListRecorder,
     RunningGateway,
     free_port,
     gateway_config,

@@ -5,8 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from gateway.config import Settings
-from gateway.ledger.record import LedgerRecord
 from gateway.routing.features import Features
+from tests.support import ListRecorder
+
+__all__ = ["FakeClock", "ListRecorder", "engine", "features", "make_settings"]
 
 
 class FakeClock:
@@ -67,13 +69,3 @@ def features(
         key_id=key_id,
         prefix_hash=prefix_hash,
     )
-
-
-class ListRecorder:
-    """A ledger recorder that keeps records in memory (for assertions)."""
-
-    def __init__(self) -> None:
-        self.records: list[LedgerRecord] = []
-
-    def record(self, rec: LedgerRecord) -> None:
-        self.records.append(rec)

@@ -8,7 +8,8 @@
   process (``GatewayProcess``);
 * :mod:`tests.support.redis_server` and :mod:`tests.support.postgres`: a real
   redis-server and a throwaway PostgreSQL cluster;
-* :mod:`tests.support.ledger`: ledger records (``make_record``, ``demo_records``).
+* :mod:`tests.support.ledger`: ledger records (``make_record``, ``demo_records``) and
+  ``ListRecorder``, a recorder that keeps them in memory.
 
 Arrows point one way: ``net`` ← ``configs`` ← ``servers``, and nothing here imports a
 test module, so ``bench/`` may import this package and nothing else under ``tests/``.
@@ -23,7 +24,7 @@ from tests.support.configs import (
     production_env,
     write_config,
 )
-from tests.support.ledger import demo_records, make_record, records
+from tests.support.ledger import ListRecorder, demo_records, make_record, records
 from tests.support.net import free_port, wait_for, wait_http
 from tests.support.postgres import PostgresCluster
 from tests.support.redis_server import RedisServer
@@ -35,6 +36,7 @@ __all__ = [
     "ROOT",
     "EngineSpec",
     "GatewayProcess",
+    "ListRecorder",
     "PostgresCluster",
     "RedisServer",
     "RunningGateway",

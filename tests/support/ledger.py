@@ -91,3 +91,13 @@ def demo_records(now: dt.datetime, days: int = 24, seed: int = 3) -> list[Ledger
             )
             n += 1
     return out
+
+
+class ListRecorder:
+    """A ledger recorder that keeps records in memory (for assertions)."""
+
+    def __init__(self) -> None:
+        self.records: list[LedgerRecord] = []
+
+    def record(self, rec: LedgerRecord) -> None:
+        self.records.append(rec)
