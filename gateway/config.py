@@ -51,6 +51,16 @@ class ServerSettings(_Section):
     max_in_flight: int = Field(1024, ge=1)
     #: Event-loop lag that means "saturated"; 0 turns the lag signal off.
     max_loop_lag_ms: float = Field(50.0, ge=0)
+    #: Client limits (gateway/api/connections.py): a request's headers must arrive
+    #: within header_timeout_s of its first byte and its body within body_timeout_s
+    #: (else 408); a connection idle this long is closed; past max_connections a new
+    #: connection is closed at once; a stream whose client reads nothing for
+    #: send_timeout_s is ended (billed as a hang-up).
+    header_timeout_s: float = Field(10.0, gt=0)
+    body_timeout_s: float = Field(30.0, gt=0)
+    idle_connection_s: float = Field(75.0, gt=0)
+    max_connections: int = Field(4096, ge=1)
+    send_timeout_s: float = Field(30.0, gt=0)
     log_level: str = "INFO"
     access_log: bool = True
 

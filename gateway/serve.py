@@ -26,6 +26,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from gateway import logs
+from gateway.api.connections import guarded_protocol
 from gateway.app import create_app
 from gateway.config import Settings
 
@@ -94,12 +95,12 @@ def uvicorn_kwargs(settings: Settings) -> dict[str, Any]:
         "host": settings.server.host,
         "port": settings.server.port,
         "loop": "uvloop",
-        "http": "httptools",
+        "http": guarded_protocol(settings.server),
         "lifespan": "on",
         "access_log": False,
         "log_config": None,
         "timeout_graceful_shutdown": settings.server.drain_seconds,
-        "timeout_keep_alive": 75,
+        "timeout_keep_alive": settings.server.idle_connection_s,
         "backlog": 4096,
     }
 

@@ -25,6 +25,7 @@ from gateway.errors import (
     InvalidRequestError,
     NotFoundError,
     PayloadTooLargeError,
+    RequestTimeoutError,
     ServiceUnavailableError,
 )
 from gateway.protocol import Endpoint
@@ -107,7 +108,14 @@ class OpenAIRoutes:
             )
         pipeline = svc.pipeline
         svc.overload.check(pipeline.active)
-        body = await read_body(receive, length, svc.settings.server.max_body_bytes)
+        server = svc.settings.server
+        try:
+            async with asyncio.timeout(server.body_timeout_s):
+                body = await read_body(receive, length, server.max_body_bytes)
+        except TimeoutError:
+            raise RequestTimeoutError(
+                f"The request body did not arrive within {server.body_timeout_s:g} s."
+            ) from None
         if body is None:
             return None
         ctx = pipeline.new_context(rid, endpoint)

@@ -106,6 +106,7 @@ class Pipeline:
                 self._stream_events(ctx, admitted),
                 StreamLifecycle(self, ctx),
                 keepalive_s=self._server.keepalive_seconds,
+                send_timeout_s=self._server.send_timeout_s,
             )
         try:
             payload = await self._send(ctx, admitted, self._route(ctx, admitted))

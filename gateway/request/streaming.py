@@ -92,6 +92,7 @@ class SSEResponse(Response):
         hooks: StreamHooks,
         *,
         keepalive_s: float,
+        send_timeout_s: float = 30.0,
         outcome: StreamOutcome | None = None,
     ) -> None:
         # Not calling Response.__init__: headers are decided when the first event exists.
@@ -100,6 +101,10 @@ class SSEResponse(Response):
         self._events = events
         self._hooks = hooks
         self._keepalive_s = keepalive_s
+        #: A client that takes no bytes for this long is treated as gone.
+        self._send_timeout_s = send_timeout_s
+        self._send_started = 0.0
+        self._pump_task: asyncio.Task[Any] | None = None
         self.outcome = outcome or StreamOutcome()
         #: Taken by the pinger, and by the pump only while the pinger holds it.
         self._lock = asyncio.Lock()
@@ -113,6 +118,7 @@ class SSEResponse(Response):
         self._last_send = loop.time()
         pump = asyncio.current_task()
         assert pump is not None
+        self._pump_task = pump
         watcher = loop.create_task(self._watch_disconnect(receive, pump))
         pinger = loop.create_task(self._ping(send))
         try:
@@ -147,6 +153,7 @@ class SSEResponse(Response):
                         await self._send_chunk(send, chunk)
                 else:  # the common case: no lock round trip; the pinger sees _sending
                     self._sending = True
+                    self._send_started = loop.time()
                     try:
                         await self._send_chunk(send, chunk)
                     finally:
@@ -205,11 +212,29 @@ class SSEResponse(Response):
                 return
 
     async def _ping(self, send: Send) -> None:
+        """Keep-alive comments after a silence; and the end of a client that reads nothing."""
         loop = asyncio.get_running_loop()
-        interval = self._keepalive_s
+        interval, limit = self._keepalive_s, self._send_timeout_s
         while True:
-            await asyncio.sleep(max(0.0, self._last_send + interval - loop.time()))
-            if loop.time() - self._last_send < interval:
+            now = loop.time()
+            if self._sending:  # a send in progress: due to finish by send_started + limit
+                wake = self._send_started + limit
+            else:  # a send starting later can be stuck no sooner than last_send + limit
+                wake = self._last_send + interval
+                if self._last_send + limit > now:
+                    wake = min(wake, self._last_send + limit)
+            await asyncio.sleep(max(0.0, wake - now))
+            now = loop.time()
+            if self._sending:
+                if now - self._send_started >= limit:
+                    # The client has taken no bytes for send_timeout_s: drop it as gone.
+                    self.outcome.client_disconnected = True
+                    _drop_connection(send)
+                    if self._pump_task is not None:
+                        self._pump_task.cancel()
+                    return
+                continue
+            if now - self._last_send < interval:
                 continue
             async with self._lock:
                 if self._sending:  # the pump is writing: it has just sent something
@@ -220,6 +245,19 @@ class SSEResponse(Response):
                     {"type": "http.response.body", "body": KEEPALIVE_FRAME, "more_body": True}
                 )
                 self._last_send = loop.time()
+
+
+def _drop_connection(send: Send) -> None:
+    """Close the client's socket under the server (uvicorn: the send's cycle transport).
+
+    A client that reads nothing cannot be told anything: the response cannot complete,
+    so the connection is aborted, as a proxy's send timeout does.
+    """
+    cycle = getattr(send, "__self__", None)
+    transport = getattr(cycle, "transport", None)
+    abort = getattr(transport, "abort", None)
+    if callable(abort):
+        abort()
 
 
 class UsageTracker:

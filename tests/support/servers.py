@@ -46,6 +46,7 @@ class RunningGateway:
 @contextlib.contextmanager
 def serve_in_thread(settings: Settings, **overrides: Any) -> Iterator[RunningGateway]:
     """Serve ``create_app(settings)`` with uvicorn in a background thread."""
+    from gateway.api.connections import guarded_protocol
     from gateway.app import create_app
 
     app = create_app(settings, **overrides)
@@ -54,7 +55,8 @@ def serve_in_thread(settings: Settings, **overrides: Any) -> Iterator[RunningGat
         host=settings.server.host,
         port=settings.server.port,
         loop="asyncio",
-        http="httptools",
+        http=guarded_protocol(settings.server),  # the client limits, as `tollgate serve`
+        timeout_keep_alive=settings.server.idle_connection_s,  # type: ignore[arg-type]
         lifespan="on",
         access_log=False,
         log_config=None,
