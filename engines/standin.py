@@ -9,7 +9,8 @@ Endpoints: `GET /health`, `/metrics`, `/v1/models`; `POST /v1/chat/completions`,
 under `/_standin/` and the fault modes are described in `engines.standin_faults`.
 
 Token accounting is deterministic, so tests can compute the expected usage:
-prompt tokens are `count_prompt_tokens(body)`; each choice generates
+prompt tokens are `count_prompt_tokens(body)` (with `--prompt-count bytes`, every byte its
+own token: more than any real tokenizer counts, for budget tests); each choice generates
 `max_completion_tokens` or `max_tokens` tokens when given (finish_reason "length"), else
 16 (finish_reason "stop", as if the model emitted EOS), unless a `stop` string matches
 first (finish_reason "stop", stop_reason the string). The text is " tok1 tok2 ... tokN".
@@ -76,6 +77,9 @@ DEFAULT_MODEL = "standin-model"
 DEFAULT_MAX_TOKENS = 16
 CHAT_MESSAGE_OVERHEAD = 4  # role and template markers around each chat message
 PROMPT_BOS = 1  # the BOS token vLLM prepends to a text prompt
+#: With prompt_count "bytes": a default system prompt and generation header, one token a
+#: byte (SmolLM2's template adds 87 bytes and specials when no system message is given).
+BYTES_PROMPT_OVERHEAD = 87
 _DONE = b"data: [DONE]\n\n"
 _TIMER_SLACK = 0.001  # uvloop timers have millisecond resolution
 
@@ -95,11 +99,16 @@ class StandinConfig:
     seed: int | None = None
     #: Like vLLM's ``--api-key``: /v1 requests need ``Authorization: Bearer <key>``.
     api_key: str | None = None
+    #: "words" (see count_prompt_tokens) or "bytes": one token per UTF-8 byte of the
+    #: roles and texts, plus BYTES_PROMPT_OVERHEAD, the most a byte-level BPE can count.
+    prompt_count: str = "words"
 
     def __post_init__(self) -> None:
         for name in ("max_model_len", "max_num_seqs", "embedding_dim"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
+        if self.prompt_count not in ("words", "bytes"):
+            raise ValueError("prompt_count must be 'words' or 'bytes'")
         if self.ttft_ms < 0 or self.tpot_ms < 0:
             raise ValueError("ttft_ms and tpot_ms must not be negative")
 
@@ -149,7 +158,9 @@ def count_prompt_tokens(body: Mapping[str, Any]) -> int:
     return sum(_prompt_lengths(body, key))
 
 
-def _prompt_lengths(body: Mapping[str, Any], key: str) -> list[int]:
+def _prompt_lengths(body: Mapping[str, Any], key: str, per_byte: bool = False) -> list[int]:
+    if per_byte:
+        return _byte_lengths(body, key)
     if key != "messages":
         return [_prompt_length(item) for item in _batch(key, body.get(key))]
     messages = body.get(key)
@@ -160,6 +171,23 @@ def _prompt_lengths(body: Mapping[str, Any], key: str) -> list[int]:
         if not isinstance(message, dict) or not isinstance(message.get("role"), str):
             raise _ApiError("messages: each message must be an object with a string role")
         total += CHAT_MESSAGE_OVERHEAD + _content_words(message.get("content"))
+    return [total]
+
+
+def _byte_lengths(body: Mapping[str, Any], key: str) -> list[int]:
+    """``prompt_count: bytes``: every byte of the roles and texts is a token."""
+    if key != "messages":
+        items = _batch(key, body.get(key))
+        return [PROMPT_BOS + len(i.encode()) if isinstance(i, str) else len(i) for i in items]
+    _prompt_lengths(body, key)  # the same validation
+    total = BYTES_PROMPT_OVERHEAD
+    for message in body[key]:
+        content = message.get("content")
+        texts: list[object] = [content]
+        if isinstance(content, list):
+            texts = [p.get("text") for p in content if isinstance(p, dict)]
+        total += CHAT_MESSAGE_OVERHEAD + len(message["role"].encode())
+        total += sum(len(t.encode()) for t in texts if isinstance(t, str))
     return [total]
 
 
@@ -261,7 +289,8 @@ def _parse_generation(
         raise _ApiError("stop: Input should be a string or a list of strings")
     if options is not None and not stream:
         raise _ApiError("Stream options can only be defined when `stream=True`.")
-    lengths = _prompt_lengths(body, "messages" if wire.chat else "prompt")
+    key = "messages" if wire.chat else "prompt"
+    lengths = _prompt_lengths(body, key, per_byte=config.prompt_count == "bytes")
     _check_model(body, config.model)
     for name, value in (("n", n), ("max_tokens", limit)):
         if value is not None and value < 1:
@@ -716,6 +745,7 @@ def main(argv: list[str] | None = None) -> None:
     add("--fault", type=_fault_arg, default=NO_FAULT, help="e.g. error_5xx:503,count=3")
     add("--seed", type=int, help="seed for faults with a probability")
     add("--api-key", help="require this Bearer token on /v1 (like vLLM's --api-key)")
+    add("--prompt-count", choices=["words", "bytes"], default="words", help="see the docstring")
     add("--log-level", default="warning")
     args = vars(parser.parse_args(argv))
     names = {f.name for f in dataclasses.fields(StandinConfig)}

@@ -85,6 +85,8 @@ async def build_services(
     router = Router(settings, pool, breakers)
     meter = Meter(PriceBook.load(settings.pricing.file), pool.entries_by_tier)
     tokens = TokenCounter({e.model: e.tokenizer for e in settings.engines})
+    for model, how in tokens.describe_bounds().items():
+        log.info("admission reserves prompt tokens of %s by %s", model, how)
     # Before the quota store: opening replays spilled records, so the spend it rebuilds
     # from the ledger includes them.
     ledger = (

@@ -323,6 +323,15 @@ class LedgerSettings(_Section):
     #: Write each record to a journal in ``spill_dir`` before it waits in memory, so a
     #: killed process (SIGKILL, OOM) loses none (see gateway/ledger/journal.py).
     journal: bool = True
+    #: Accept a SQLite ledger with ``quotas.backend: redis``. Each process then keeps its
+    #: own ledger, and a Redis that comes back empty gets back only the spend of the
+    #: replica that restores it (gateway/quotas/fallback.py): budgets may be overspent.
+    partial_restore_ok: bool = False
+
+    @property
+    def per_process(self) -> bool:
+        """A ledger only this host's processes write (SQLite), not one every replica shares."""
+        return self.enabled and self.url.startswith("sqlite")
 
 
 class PricingSettings(_Section):
@@ -411,6 +420,16 @@ class Settings(BaseSettings):
             raise ValueError(
                 "quotas.reservation_ttl_s must exceed timeouts.total_s "
                 "(a quota reservation must outlive the longest request)"
+            )
+        q, ledger = self.quotas, self.ledger
+        partial = ledger.per_process and not ledger.partial_restore_ok
+        if q.enabled and q.backend == "redis" and partial:
+            raise ValueError(
+                "quotas.backend: redis with a SQLite ledger.url: each replica would keep "
+                "its own ledger, and a Redis that comes back empty would get back one "
+                "replica's spend only. Point ledger.url at a database every replica "
+                "writes (postgresql://...), or set ledger.partial_restore_ok: true to "
+                "accept a partial restore"
             )
         if self.server.workers > 1 and self.quotas.backend != "redis":
             raise ValueError(

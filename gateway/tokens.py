@@ -21,6 +21,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from gateway.prompt_bound import (
+    ByteBound,
+    Count,
+    PromptBound,
+    TemplateCount,
+    chat_template,
+    measured_byte_bound,
+    special_tokens,
+    template_environment,
+)
 from gateway.protocol import Endpoint, ParsedRequest
 
 log = logging.getLogger(__name__)
@@ -63,37 +73,15 @@ _THREE = [*_ONE, {"role": "assistant", "content": "hi there"}, {"role": "user", 
 _SYSTEM = [{"role": "system", "content": "be brief"}, *_ONE]
 
 
-def _chat_template(directory: Path) -> tuple[str, dict[str, Any]] | None:
-    """The model's chat template and tokenizer config, from its directory, if present."""
-    import orjson
-
-    cfg_file = directory / "tokenizer_config.json"
-    cfg: dict[str, Any] = orjson.loads(cfg_file.read_bytes()) if cfg_file.is_file() else {}
-    template = cfg.get("chat_template")
-    if isinstance(template, list):  # named templates: the default one
-        template = next((t.get("template") for t in template if t.get("name") == "default"), None)
-    jinja_file = directory / "chat_template.jinja"
-    if not isinstance(template, str) and jinja_file.is_file():
-        template = jinja_file.read_text()
-    return (template, cfg) if isinstance(template, str) else None
-
-
 def measure_overhead(directory: Path, enc: _Encoder) -> ChatOverhead | None:
     """Render probe conversations with the model's chat template and count the tokens the
     template adds; never below the defaults, plus one token per message for boundaries."""
-    found = _chat_template(directory)
+    found = chat_template(directory)
     if found is None:
         return None
     template, cfg = found
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-    def raise_exception(message: str) -> None:
-        raise ValueError(message)
-
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-    env.globals["raise_exception"] = raise_exception
-    specials = {k: v for k, v in cfg.items() if k.endswith("_token") and isinstance(v, str)}
-    compiled = env.from_string(template)
+    compiled = template_environment().from_string(template)
+    specials = special_tokens(cfg)
 
     def added(messages: list[dict[str, str]]) -> int:
         text = compiled.render(messages=messages, add_generation_prompt=True, **specials)
@@ -115,10 +103,10 @@ class _HFEncoder:
         from tokenizers import Tokenizer
 
         file = path / "tokenizer.json" if path.is_dir() else path
-        self._tok = Tokenizer.from_file(str(file))
+        self.tokenizer = Tokenizer.from_file(str(file))
 
     def count(self, text: str) -> int:
-        return len(self._tok.encode(text, add_special_tokens=False).ids)
+        return len(self.tokenizer.encode(text, add_special_tokens=False).ids)
 
 
 class _TiktokenEncoder:
@@ -138,6 +126,24 @@ class _ByteEstimate:
         return (len(text.encode()) + 2) // 3
 
 
+_BYTE_BOUND = ByteBound()
+
+
+def _template_bound(model: str, where: Path, enc: _Encoder) -> PromptBound:
+    """The exact count when the model's chat template renders, else the byte bound."""
+    directory = where if where.is_dir() else where.parent
+    try:
+        found = chat_template(directory)
+        if found is None or not isinstance(enc, _HFEncoder):
+            return _BYTE_BOUND
+        template, cfg = found
+        exact = TemplateCount(enc.tokenizer, template, cfg, str(where), _BYTE_BOUND)
+        return TemplateCount(enc.tokenizer, template, cfg, str(where), measured_byte_bound(exact))
+    except Exception as exc:  # a template we cannot render: bytes, which need none
+        log.warning("chat template of %s not usable for an exact count (%s)", model, exc)
+        return _BYTE_BOUND
+
+
 class TokenCounter:
     """Counts prompt and completion tokens per upstream model."""
 
@@ -150,6 +156,8 @@ class TokenCounter:
             self._fallback = _ByteEstimate()
         self._by_model: dict[str, _Encoder] = {}
         self._overhead: dict[str, ChatOverhead] = {}
+        self._bounds: dict[str, PromptBound] = {}
+        self._models = list(tokenizer_paths)
         for model, path in tokenizer_paths.items():
             if not path:
                 continue
@@ -166,6 +174,28 @@ class TokenCounter:
                 measured = None
             if measured is not None:
                 self._overhead[model] = measured
+            self._bounds[model] = _template_bound(model, where, enc)
+
+    def bound_for(self, model: str) -> PromptBound:
+        """How ``model``'s prompt tokens are bounded (:mod:`gateway.prompt_bound`)."""
+        return self._bounds.get(model, _BYTE_BOUND)
+
+    def describe_bounds(self) -> dict[str, str]:
+        """One line per model for the start-up log: which bound admission reserves."""
+        return {model: self.bound_for(model).describe() for model in self._models}
+
+    def prompt_bound(self, models: list[str], req: ParsedRequest) -> Count:
+        """The prompt's tokens on whichever of ``models`` serves it: the highest upper
+        and the lowest lower count (each model's bound computed once per kind)."""
+        seen: dict[int, Count] = {}
+        for model in models:
+            bound = self.bound_for(model)
+            if id(bound) not in seen:
+                seen[id(bound)] = bound.count(req)
+        if not seen:
+            return _BYTE_BOUND.count(req)
+        counts = seen.values()
+        return Count(max(c.upper for c in counts), min(c.lower for c in counts))
 
     def chat_overhead(self, model: str) -> ChatOverhead:
         return self._overhead.get(model, _DEFAULT_OVERHEAD)

@@ -1,4 +1,9 @@
-"""Admission: parse what we need, size the worst case, price it, reserve it."""
+"""Admission: parse what we need, size the worst case, price it, reserve it.
+
+The prompt is sized by an upper bound that cannot be below the engine's count
+(:mod:`gateway.prompt_bound`), on every model the request may reach, so the reservation
+is a true worst case; the settlement then brings it down to the engine's usage.
+"""
 
 from __future__ import annotations
 
@@ -49,19 +54,31 @@ class Admission:
                 param="max_tokens",
             )
         tiers = self._router.reachable_tiers(model)
-        prompt = self._tokens.count_prompt(self._token_model(tiers), req)
+        bound = self._tokens.prompt_bound(self._models(tiers), req)
+        # What is billed if the engine reports no usage: the exact count when there is
+        # one, else today's estimate (the bound would over-bill).
+        prompt = (
+            bound.upper if bound.exact else self._tokens.count_prompt(self._token_model(tiers), req)
+        )
         if ctx.endpoint is Endpoint.EMBEDDINGS:
             max_tokens = 0
         elif requested is not None:
             max_tokens = requested * req.n
         else:
-            max_tokens = self._default_max_tokens(tiers, prompt) * req.n
+            # The engine's room is the context less the real prompt: size it with the
+            # prompt's lower bound, so the output is not under-reserved either.
+            max_tokens = self._default_max_tokens(tiers, bound.lower) * req.n
         demand = Demand(
-            tokens=prompt + max_tokens,
-            cost_nusd=self._meter.worst_case(tiers, prompt, max_tokens),
+            tokens=bound.upper + max_tokens,
+            cost_nusd=self._meter.worst_case(tiers, bound.upper, max_tokens),
         )
         reservation = await self._quotas.reserve(principal, ctx.request_id, demand)
         return Admitted(principal, req, model, prompt, max_tokens, reservation)
+
+    def _models(self, tiers: list[str]) -> list[str]:
+        """Every upstream model the request may reach (each bounds its own prompt)."""
+        by_tier = self._pool.entries_by_tier
+        return list(dict.fromkeys(e.model for t in tiers for e in by_tier.get(t, ())))
 
     def _token_model(self, tiers: list[str]) -> str:
         entries = self._pool.entries_by_tier.get(tiers[0]) if tiers else None

@@ -88,6 +88,7 @@ def workers_config(
         [EngineSpec("e0", engine.base_url, "small", model)],
         server={"workers": 2, **server},
         quotas={"backend": "redis", "redis_url": redis.url},
+        ledger={"partial_restore_ok": True},  # the workers share one SQLite file
     )
     return write_config(tmp, cfg)
 
@@ -259,6 +260,7 @@ def test_a_taken_port_fails_at_start_with_exit_1(redis: RedisServer, tmp_path: P
             [engine],
             server={"workers": 2, "port": port},
             quotas={"backend": "redis", "redis_url": redis.url},
+            ledger={"partial_restore_ok": True},  # the workers share one SQLite file
         )
         proc = subprocess.run(
             [sys.executable, "-m", "gateway.cli", "serve", "-c", str(write_config(tmp_path, cfg))],
@@ -279,6 +281,7 @@ def test_a_worker_failing_on_its_first_start_stops_the_gateway(
         [engine],
         server={"workers": 2},
         quotas={"backend": "redis", "redis_url": redis.url},
+        ledger={"partial_restore_ok": True},  # the workers share one SQLite file
     )
     path = write_config(tmp_path, cfg)
     (tmp_path / "prices.yaml").unlink()  # the config loads; building the app fails

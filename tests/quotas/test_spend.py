@@ -194,7 +194,7 @@ async def test_the_gateway_seeds_a_new_redis_before_its_first_request(
     settings = Settings.model_validate(
         {
             "quotas": {"backend": "redis", "redis_url": redis_url},
-            "ledger": {"url": f"sqlite:///{tmp_path}/l.db"},
+            "ledger": {"url": f"sqlite:///{tmp_path}/l.db", "partial_restore_ok": True},
         }
     )
     store = await build_quota_store(settings, spend_source=source)
