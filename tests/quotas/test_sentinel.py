@@ -155,7 +155,7 @@ async def test_killing_the_primary_mid_load_keeps_limits_exact(
     rng = random.Random(7)
     settled: list[int] = []
     admitted = unavailable = 0
-    killed = asyncio.Event()
+    killed, enough = asyncio.Event(), asyncio.Event()
     old_port = setup.primary.port
 
     async def worker(w: int) -> None:
@@ -176,10 +176,11 @@ async def test_killing_the_primary_mid_load_keeps_limits_exact(
             actual = rng.randint(WORST // 2, WORST)
             await store.settle(res, Demand(1, actual))
             settled.append(actual)
+            if len(settled) == KILL_AFTER:
+                enough.set()
 
     async def killer() -> None:
-        while len(settled) < KILL_AFTER:
-            await asyncio.sleep(0.001)
+        await enough.wait()
         await asyncio.to_thread(setup.kill_primary)
         killed.set()
 
