@@ -11,7 +11,8 @@ Redis, and a slot map:
   (``EVALSHA sha numkeys key ...``: the first of KEYS; otherwise the first argument). A
   ``MULTI`` ... ``EXEC`` block goes as one, to the slot of its first keyed command. A
   command without a key (``PING``, ``SCRIPT LOAD``) goes to every primary, and the reply
-  is the first error, or the first node's reply. Commands for one primary keep their
+  is the first error, or the first node's reply; ``WAIT`` goes to the primaries the
+  same batch wrote to, and its reply is the smallest. Commands for one primary keep their
   order and go in one write, so a settlement queued ahead of a reservation in the same
   slot runs first, as on a standalone Redis.
 * **Redirections.** ``MOVED slot host:port``: the command is sent again to that node,
@@ -111,6 +112,10 @@ class ClusterLink:
     # ------------------------------------------------------------------ the link API
 
     @property
+    def wait_replicas(self) -> int:
+        return self.target.wait_replicas
+
+    @property
     def connected(self) -> bool:
         return bool(self._slots) and all(link.connected for link in self.primaries())
 
@@ -129,7 +134,11 @@ class ClusterLink:
         results: list[Any] = [None] * len(commands)
         groups: dict[Address, list[tuple[list[int], list[Sequence[Any]]]]] = {}
         for indexes, block, slot in self._blocks(commands):
-            for address in self._owners(slot):
+            if slot is None and block[0][0] == "WAIT" and groups:
+                owners = list(groups)  # the primaries this batch wrote to
+            else:
+                owners = self._owners(slot)
+            for address in owners:
                 groups.setdefault(address, []).append((indexes, block))
         try:
             await asyncio.gather(*(self._run(a, g, results) for a, g in groups.items()))
@@ -273,8 +282,7 @@ class ClusterLink:
                 reply = replies.popleft()
                 if len(block) == 1 and isinstance(reply, ReplyError):
                     reply = await self._redirect(command, reply)
-                if results[index] is None or isinstance(reply, ReplyError):
-                    results[index] = reply  # keyless: the first error, else first reply
+                results[index] = _merge(results[index], reply)
 
     async def _redirect(self, command: Sequence[Any], reply: ReplyError) -> Any:
         for _ in range(MAX_REDIRECTS):
@@ -291,6 +299,16 @@ class ClusterLink:
             if not isinstance(reply, ReplyError):
                 return reply
         return reply
+
+
+def _merge(old: Any, new: Any) -> Any:
+    """A keyless command's reply from several primaries: the first error, else the
+    smallest number (``WAIT``: the fewest replicas any primary had), else the first."""
+    if old is None or (isinstance(new, ReplyError) and not isinstance(old, ReplyError)):
+        return new
+    if isinstance(old, int) and isinstance(new, int):
+        return min(old, new)
+    return old
 
 
 def _text(value: Any) -> str:

@@ -137,6 +137,11 @@ class RedisLink:
         self._closed = False
 
     @property
+    def wait_replicas(self) -> int:
+        """Replicas that must confirm each batch of writes (0 here: see Sentinel's)."""
+        return 0
+
+    @property
     def connected(self) -> bool:
         return self._proto is not None and self._proto.transport is not None
 

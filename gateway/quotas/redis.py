@@ -175,7 +175,7 @@ class RedisQuotaStore:
         self._link = link if link is not None else make_link(settings)
         self._cluster = self._link if isinstance(self._link, ClusterLink) else None
         #: Replicas that must confirm each batch (``WAIT``; Sentinel's ``wait_replicas``).
-        self._wait = self._link.wait_replicas if isinstance(self._link, SentinelLink) else 0
+        self._wait = self._link.wait_replicas
         self._wait_ms = max(1, int(settings.redis_timeout_s * 500))
         #: Redis Cluster: scopes whose seed marker was found missing (see :meth:`seed`).
         self._unseeded: set[str] = set()

@@ -14,7 +14,8 @@
   see :mod:`gateway.quotas.sentinel` for the trade.
 * ``redis+cluster://[[user]:password@]host1[:port1][,host2[:port2]...]``: Redis Cluster;
   the hosts are seed nodes (any reachable one gives the slot map). Database 0 only,
-  as Cluster has no other.
+  as Cluster has no other. ``?wait_replicas=N`` as for Sentinel (``WAIT`` goes to each
+  primary a batch wrote to).
 
 TLS is for standalone URLs only (``rediss://``); the sentinel and cluster forms are
 plain TCP. Messages never repeat the URL: it may hold a password.
@@ -91,12 +92,6 @@ class SentinelTarget:
         segments = [s for s in path.split("/") if s]
         if not segments or len(segments) > 2:
             raise ValueError("a Sentinel URL's path is /service_name or /service_name/db")
-        try:
-            wait = int(query.get("wait_replicas", "0"))
-        except ValueError:
-            raise ValueError("wait_replicas must be a number") from None
-        if wait < 0:
-            raise ValueError("wait_replicas must be 0 or more")
         return cls(
             sentinels=hosts,
             service=unquote(segments[0]),
@@ -107,7 +102,7 @@ class SentinelTarget:
             ),
             sentinel_username=query.get("sentinel_username"),
             sentinel_password=query.get("sentinel_password"),
-            wait_replicas=wait,
+            wait_replicas=_wait(query),
         )
 
 
@@ -117,6 +112,7 @@ class ClusterTarget:
 
     seeds: tuple[tuple[str, int], ...]
     node: RedisTarget
+    wait_replicas: int = 0
 
     @classmethod
     def parse(cls, url: str) -> ClusterTarget:
@@ -125,7 +121,7 @@ class ClusterTarget:
             raise ValueError("a Cluster URL starts with redis+cluster://")
         if _db(path.strip("/") or query.get("db", "")) != 0:
             raise ValueError("Redis Cluster has only database 0")
-        return cls(seeds=hosts, node=RedisTarget(username=user, password=password))
+        return cls(hosts, RedisTarget(username=user, password=password), _wait(query))
 
 
 AnyTarget = RedisTarget | SentinelTarget | ClusterTarget
@@ -144,6 +140,16 @@ def parse_url(url: str) -> AnyTarget:
         "a Redis URL starts with redis://, rediss://, unix://, redis+sentinel:// "
         "or redis+cluster://"
     )
+
+
+def _wait(query: dict[str, str]) -> int:
+    try:
+        wait = int(query.get("wait_replicas", "0"))
+    except ValueError:
+        raise ValueError("wait_replicas must be a number") from None
+    if wait < 0:
+        raise ValueError("wait_replicas must be 0 or more")
+    return wait
 
 
 def _db(text: str) -> int:

@@ -1,0 +1,206 @@
+"""Quotas on a real 3-primary Redis Cluster (``redis-cli --cluster create`` on loopback)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+
+from gateway.auth import Limits
+from gateway.config import QuotaSettings
+from gateway.errors import QuotaExceededError, RateLimitError
+from gateway.quotas.base import Demand
+from gateway.quotas.cluster import ClusterLink, key_slot
+from gateway.quotas.fallback import FailoverQuotaStore
+from gateway.quotas.redis import RedisQuotaStore, make_link
+from gateway.quotas.urls import ClusterTarget
+from tests.quotas.conftest import FakeClock, principal
+from tests.support.redis_cluster import ClusterSetup
+
+pytestmark = pytest.mark.redis
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterSetup]:
+    setup = ClusterSetup(tmp_path_factory.mktemp("cluster")).start()
+    try:
+        yield setup
+    finally:
+        setup.stop()
+
+
+@pytest.fixture
+async def make(cluster: ClusterSetup) -> AsyncIterator[Any]:
+    made: list[FailoverQuotaStore] = []
+
+    def factory(**overrides: Any) -> FailoverQuotaStore:
+        settings = QuotaSettings.model_validate(
+            {"backend": "redis", "redis_url": cluster.url, **overrides}
+        )
+        store = FailoverQuotaStore(RedisQuotaStore(settings, clock=FakeClock()), settings)
+        made.append(store)
+        return store
+
+    yield factory
+    for store in made:
+        await store.aclose()
+    for node in cluster.nodes:
+        if node.proc is not None and node.client().info("replication")["role"] == "master":
+            node.client().flushall()
+
+
+def on_different_primaries(cluster: ClusterSetup, prefix: str, n: int = 2) -> list[str]:
+    """``n`` ids whose scopes (``k:<id>``) live on ``n`` different primaries."""
+    chosen: dict[int, str] = {}
+    for i in range(1000):
+        ident = f"{prefix}{i}"
+        port = cluster.owner(f"tg:q:{{k:{ident}}}:st").port
+        chosen.setdefault(port, ident)
+        if len(chosen) == n:
+            return list(chosen.values())
+    raise LookupError("no spread found")
+
+
+def test_cluster_urls_and_slots(cluster: ClusterSetup) -> None:
+    t = ClusterTarget.parse("redis+cluster://:pw@n1:7000,n2?wait_replicas=1")
+    assert (t.seeds, t.node.password, t.wait_replicas) == (
+        (("n1", 7000), ("n2", 6379)), "pw", 1,
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="only database 0"):
+        ClusterTarget.parse("redis+cluster://n1/2")
+    settings = QuotaSettings.model_validate({"backend": "redis", "redis_url": cluster.url})
+    assert isinstance(make_link(settings), ClusterLink)
+    client = cluster.nodes[0].client()
+    for key in ("a", "tg:q:{k:1}:rpm", "tg:q:{t:team}:st", "{}x", "x{}{y}", "é{k:é}"):
+        assert key_slot(key) == client.execute_command("CLUSTER", "KEYSLOT", key), key
+
+
+async def test_keys_of_different_api_keys_land_on_different_primaries(
+    cluster: ClusterSetup, make: Any
+) -> None:
+    store = make()
+    a, b = on_different_primaries(cluster, "spread")
+    for key_id in (a, b):
+        res = await store.reserve(
+            principal(key_id, rpm=10, budget_total_usd=1.0), "r", Demand(1, 5)
+        )
+        await store.settle(res, Demand(1, 3))
+    await store.drained()
+    owner_a, owner_b = (cluster.owner(f"tg:q:{{k:{k}}}:st") for k in (a, b))
+    assert owner_a.port != owner_b.port
+    # Every key of one API key is on its slot's primary, none elsewhere.
+    assert int(owner_a.client().get(f"tg:q:{{k:{a}}}:st") or 0) == 3
+    assert int(owner_b.client().get(f"tg:q:{{k:{b}}}:st") or 0) == 3
+    for key_id, owner in ((a, owner_a), (b, owner_b)):
+        where = {n.port: len(n.client().keys(f"*{{k:{key_id}}}*")) for n in cluster.nodes}
+        assert where.pop(owner.port) >= 5  # rpm, tpm, day, month, total, ...
+        assert set(where.values()) == {0}
+
+
+async def test_limits_are_exact_under_concurrency_across_slots(
+    cluster: ClusterSetup, make: Any
+) -> None:
+    """A key and its team in different slots (on different primaries): each limit admits
+    exactly its number, whichever scope refuses, and a refusal in one slot leaves no
+    trace in the other (the cancelled hold gives back its request too)."""
+    store = make()
+    key_id, other = on_different_primaries(cluster, "exact")
+    team = next(
+        f"team{i}" for i in range(1000)
+        if cluster.owner(f"tg:q:{{t:team{i}}}:st").port
+        != cluster.owner(f"tg:q:{{k:{key_id}}}:st").port
+    )  # fmt: skip
+    # The team refuses: team rpm 50, key rpm 1000.
+    p = principal(key_id, team=team, rpm=1000, team_limits=Limits(rpm=50))
+    results = await asyncio.gather(
+        *(store.reserve(p, f"t{i}", Demand(1, 0)) for i in range(120)), return_exceptions=True
+    )
+    assert sum(not isinstance(r, BaseException) for r in results) == 50
+    assert all(isinstance(r, RateLimitError) for r in results if isinstance(r, BaseException))
+    key_owner = cluster.owner(f"tg:q:{{k:{key_id}}}:st").client()
+    minute = store.primary.windows().minute
+    assert int(key_owner.get(f"tg:q:{{k:{key_id}}}:rpm:{minute}") or 0) == 50
+    # The key refuses: key concurrency 7 (in flight), a second key of the team fills it.
+    q = principal(other, team=team, concurrency=7, team_limits=Limits(concurrency=100))
+    results = await asyncio.gather(
+        *(store.reserve(q, f"c{i}", Demand(1, 0)) for i in range(40)), return_exceptions=True
+    )
+    held = [r for r in results if not isinstance(r, BaseException)]
+    assert len(held) == 7
+    team_owner = cluster.owner(f"tg:q:{{t:{team}}}:st").client()
+    assert team_owner.zcard(f"tg:q:{{t:{team}}}:inf") == 50 + 7  # the refused left nothing
+    for res in held:
+        await store.settle(res, Demand(1, 0))
+    await store.drained()
+    assert team_owner.zcard(f"tg:q:{{t:{team}}}:inf") == 50
+
+
+async def test_a_shared_team_budget_is_never_overrun(cluster: ClusterSetup, make: Any) -> None:
+    store = make()
+    keys = on_different_primaries(cluster, "budget", 3)
+    team_budget, worst = 400_000, 10_000
+    ps = [
+        principal(k, team="spenders", budget_total_usd=1.0,
+                  team_limits=Limits(budget_total_usd=team_budget / 1e9))
+        for k in keys
+    ]  # fmt: skip
+    rng = random.Random(3)
+    settled: dict[str, int] = dict.fromkeys(keys, 0)
+
+    async def one(i: int) -> None:
+        p = ps[i % len(ps)]
+        try:
+            res = await store.reserve(p, f"b{i}", Demand(1, worst))
+        except QuotaExceededError:
+            return
+        await asyncio.sleep(rng.random() * 0.002)
+        actual = rng.randint(worst // 4, worst)
+        await store.settle(res, Demand(1, actual))
+        settled[p.key_id] += actual
+
+    for wave in range(10):
+        await asyncio.gather(*(one(wave * 30 + i) for i in range(30)))
+    await store.drained()
+    spent = sum(settled.values())
+    team_owner = cluster.owner("tg:q:{t:spenders}:st").client()
+    assert int(team_owner.get("tg:q:{t:spenders}:st") or 0) == spent
+    assert team_budget - worst < spent <= team_budget
+    for k in keys:
+        owner = cluster.owner(f"tg:q:{{k:{k}}}:st").client()
+        assert int(owner.get(f"tg:q:{{k:{k}}}:st") or 0) == settled[k]
+    assert await store.spend_totals("day") == {k: v for k, v in settled.items() if v}
+
+
+async def test_moved_and_ask_are_followed(cluster: ClusterSetup) -> None:
+    link = ClusterLink(cluster.url, timeout_s=0.5, connect_timeout_s=2.0)
+    try:
+        await link.refresh()
+        key = "{moved}k"
+        right = link.slot_owner(key_slot(key))
+        wrong = next(n for n in cluster.nodes if ("127.0.0.1", n.port) != right)
+        # A stale map: every slot on one node. MOVED is followed, and the map refreshed.
+        link._slots = [("127.0.0.1", wrong.port)] * len(link._slots)
+        before = link.refreshes
+        assert await link.call("SET", key, "v") == b"OK"
+        assert await link.call("GET", key) == b"v"
+        assert link.refreshes == before + 1
+        assert link.slot_owner(key_slot(key)) == right
+        # A slot being migrated: a key the source no longer has is asked of the target.
+        key = "{asked}k"
+        slot = key_slot(key)
+        src = next(n for n in cluster.nodes if ("127.0.0.1", n.port) == link.slot_owner(slot))
+        dst = next(n for n in cluster.nodes if n is not src)
+        dst.client().execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", cluster.node_id(src))
+        src.client().execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", cluster.node_id(dst))
+        try:
+            assert await link.call("SET", key, "there") == b"OK"
+            assert dst.client().execute_command("CLUSTER", "COUNTKEYSINSLOT", slot) == 1
+            assert src.client().execute_command("CLUSTER", "COUNTKEYSINSLOT", slot) == 0
+        finally:
+            for node in (src, dst):
+                node.client().execute_command("CLUSTER", "SETSLOT", slot, "STABLE")
+    finally:
+        await link.aclose()
