@@ -539,18 +539,20 @@ class RedisQuotaStore:
 
     async def _eval(self, commands: list[Command]) -> list[Any]:
         """EVALSHA the scripts in one round trip; load them once if Redis lost them."""
-        for attempt in (1, 2):
-            results = await self._call(commands, errors_in_place=True)
-            errors = [r for r in results if isinstance(r, ReplyError)]
-            if attempt == 1 and any(e.code == "NOSCRIPT" for e in errors):
-                # Settlements are idempotent, and a reservation refused by NOSCRIPT
-                # never ran: running the batch again is safe.
-                await self.ping()
-                continue
-            if errors:
-                raise QuotaStoreUnavailable("The quota store failed.") from errors[0]
-            return results
-        raise QuotaStoreUnavailable("The quota store lost its scripts.")
+        results = await self._call(commands, errors_in_place=True)
+        missing = [i for i, r in enumerate(results) if _noscript(r)]
+        if missing:
+            # Only the calls refused by NOSCRIPT go again: they never ran. The others
+            # did (on a Cluster, a new primary may lack the scripts while the other
+            # slots' primaries ran theirs), and a reservation must not run twice.
+            await self.ping()
+            again = await self._call([commands[i] for i in missing], errors_in_place=True)
+            for i, reply in zip(missing, again, strict=True):
+                results[i] = reply
+        errors = [r for r in results if isinstance(r, ReplyError)]
+        if errors:
+            raise QuotaStoreUnavailable("The quota store failed.") from errors[0]
+        return results
 
     async def _call(
         self,
@@ -585,6 +587,10 @@ class RedisQuotaStore:
 
 #: Order of the limits in a scope's limit string, as reserve.lua reads them.
 _ARG_ORDER = ("rpm", "tpm", "concurrency", "budget_daily", "budget_monthly", "budget_total")
+
+
+def _noscript(reply: Any) -> bool:
+    return isinstance(reply, ReplyError) and reply.code == "NOSCRIPT"
 
 
 def _slot(scope_id: str) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import pathlib
 import random
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -11,7 +12,7 @@ import pytest
 
 from gateway.auth import Limits
 from gateway.config import QuotaSettings
-from gateway.errors import QuotaExceededError, RateLimitError
+from gateway.errors import QuotaExceededError, QuotaStoreUnavailable, RateLimitError
 from gateway.quotas.base import Demand
 from gateway.quotas.cluster import ClusterLink, key_slot
 from gateway.quotas.fallback import FailoverQuotaStore
@@ -174,6 +175,25 @@ async def test_a_shared_team_budget_is_never_overrun(cluster: ClusterSetup, make
     assert await store.spend_totals("day") == {k: v for k, v in settled.items() if v}
 
 
+async def test_a_primary_without_the_scripts_does_not_make_others_run_twice(
+    cluster: ClusterSetup, make: Any
+) -> None:
+    """A promoted replica lacks the scripts (SCRIPT LOAD is not replicated): only the
+    calls it refused are sent again, not the other slot's reservation."""
+    store = make()
+    await store.primary.ping()
+    key_id, team_key = on_different_primaries(cluster, "noscript")
+    team_node = cluster.owner(f"tg:q:{{k:{team_key}}}:st")
+    team = next(f"ns{i}" for i in range(1000) if cluster.owner(f"tg:q:{{t:ns{i}}}:st") is team_node)
+    team_node.client().script_flush()
+    p = principal(key_id, team=team, rpm=10, team_limits=Limits(rpm=10))
+    await store.reserve(p, "once", Demand(1, 0))
+    minute = store.primary.windows().minute
+    key_node = cluster.owner(f"tg:q:{{k:{key_id}}}:st")
+    assert int(key_node.client().get(f"tg:q:{{k:{key_id}}}:rpm:{minute}") or 0) == 1
+    assert int(team_node.client().get(f"tg:q:{{t:{team}}}:rpm:{minute}") or 0) == 1
+
+
 async def test_moved_and_ask_are_followed(cluster: ClusterSetup) -> None:
     link = ClusterLink(cluster.url, timeout_s=0.5, connect_timeout_s=2.0)
     try:
@@ -204,3 +224,90 @@ async def test_moved_and_ask_are_followed(cluster: ClusterSetup) -> None:
                 node.client().execute_command("CLUSTER", "SETSLOT", slot, "STABLE")
     finally:
         await link.aclose()
+
+
+async def test_a_primary_killed_mid_load_fails_over_with_spend_exact(
+    tmp_path: pathlib.Path,
+) -> None:
+    """3 primaries with 2 replicas each; the primary of a team's slot is SIGKILLed after
+    100 settled requests (40 at a time). The cluster promotes a replica, the link
+    refreshes its map, and with ``wait_replicas=1`` nothing confirmed is lost: every
+    scope's spend equals what was settled, the team budget holds and is used up."""
+    setup = ClusterSetup(tmp_path, replicas=2)
+    await asyncio.to_thread(setup.start)
+    try:
+        settings = QuotaSettings.model_validate(
+            {
+                "backend": "redis",
+                "redis_url": setup.url + "?wait_replicas=1",
+                "redis_timeout_s": 0.25,
+                "breaker_failures": 2,
+                "breaker_open_s": 0.2,
+            }
+        )
+        store = FailoverQuotaStore(RedisQuotaStore(settings, clock=FakeClock()), settings)
+        keys = on_different_primaries(setup, "fo", 3)
+        worst, budget = 10_000, 3_000_000
+        ps = [
+            principal(k, team="fo-team", budget_total_usd=1.0,
+                      team_limits=Limits(budget_total_usd=budget / 1e9))
+            for k in keys
+        ]  # fmt: skip
+        victim = setup.owner("tg:q:{t:fo-team}:st")
+        rng = random.Random(11)
+        settled: dict[str, int] = dict.fromkeys(keys, 0)
+        count = 0
+        unavailable = 0
+        enough, killed = asyncio.Event(), asyncio.Event()
+
+        async def worker(w: int) -> None:
+            nonlocal count, unavailable
+            for i in range(10_000):
+                p = ps[(w + i) % len(ps)]
+                try:
+                    res = await store.reserve(p, f"w{w}-{i}", Demand(1, worst))
+                except QuotaStoreUnavailable:
+                    unavailable += 1
+                    await asyncio.sleep(0.01)  # pacing while a shard is out
+                    continue
+                except QuotaExceededError:
+                    if killed.is_set():
+                        return
+                    raise
+                await asyncio.sleep(rng.random() * 0.002)
+                actual = rng.randint(worst // 2, worst)
+                await store.settle(res, Demand(1, actual))
+                settled[p.key_id] += actual
+                count += 1
+                if count == 100:
+                    enough.set()
+
+        async def killer() -> None:
+            await enough.wait()
+            await asyncio.to_thread(victim.kill)
+            killed.set()
+
+        async with asyncio.timeout(60):
+            kill = asyncio.create_task(killer())
+            await asyncio.gather(*(worker(w) for w in range(40)))
+            await kill
+            for i in range(10_000):  # one at a time to the end: refused with nothing held
+                try:
+                    res = await store.reserve(ps[0], f"last{i}", Demand(1, worst))
+                except QuotaExceededError:
+                    break
+                await store.settle(res, Demand(1, worst // 2))
+                settled[keys[0]] += worst // 2
+            await store.drained()
+        await store.aclose()
+        new = setup.owner("tg:q:{t:fo-team}:st")
+        assert new.port != victim.port and unavailable > 0
+        spent = sum(settled.values())
+        assert int(new.client().get("tg:q:{t:fo-team}:st") or 0) == spent
+        assert budget - worst < spent <= budget
+        for k in keys:
+            owner = setup.owner(f"tg:q:{{k:{k}}}:st").client()
+            assert int(owner.get(f"tg:q:{{k:{k}}}:st") or 0) == settled[k], k
+            assert int(owner.get(f"tg:q:{{k:{k}}}:held") or 0) == 0
+    finally:
+        await asyncio.to_thread(setup.stop)
