@@ -6,55 +6,51 @@ so the check and the update are atomic across processes: N concurrent requests a
 Several scripts may share one round trip (queued settlements ride along with the next
 reservation, ahead of it); Redis runs a connection's commands in order.
 
-Keys (``P`` = ``quotas.redis_prefix``, ``S`` = ``k:<key id>`` or ``t:<team>``)::
-
-    P{S}:rpm:<minute>   requests admitted this minute          (expires after 120 s)
-    P{S}:tpm:<minute>   tokens reserved/used this minute       (expires after 120 s)
-    P{S}:sd:<YYYYMMDD>  nano-USD spent today, holds included   (expires after 3 days)
-    P{S}:sm:<YYYYMM>    nano-USD spent this month              (expires after 70 days)
-    P{S}:st             nano-USD spent in total
-    P{S}:held           worst-case cost of the holds in flight
-    P{S}:inf            sorted set: hold id -> expiry (ms); its size is the concurrency
-    P{S}:holds          hash: hold id -> "tokens:cost:minute:day:month"
-    Pdone:<hold id>     marker of a settlement made without a hold (idempotency)
-    Pseeded             marker: Redis holds the ledger's spend (see ``seed``)
+Keys, hash tags and how a reservation stays consistent on Redis Cluster (scopes in
+different slots: one step per slot, refusals cancelled) are in
+:mod:`gateway.quotas.layout`.
 
 Every hold expires after ``quotas.reservation_ttl_s``: the next reservation in its scope
 purges it and gives its tokens and cost back, so a crashed process cannot leak them.
 Time comes from the gateway's clock (NTP-synced hosts agree to a few ms, which only
-moves window edges). Scripts build key names themselves, so this needs a standalone
-Redis (or Sentinel), not Redis Cluster. With persistence (``appendonly yes``) Redis
-keeps every counter over a restart; without it, or after a flush, the first
-reservation notices the missing seed marker and the gateway puts the day, month and
-total spend back from the ledger (:meth:`RedisQuotaStore.seed`). Rate windows and
-holds in flight start again from zero then.
+moves window edges). With persistence (``appendonly yes``) Redis keeps every counter
+over a restart; without it, or after a flush, the first reservation notices the missing
+seed marker and the gateway puts the day, month and total spend back from the ledger
+(:meth:`RedisQuotaStore.seed`). Rate windows and holds in flight start again from zero
+then.
 
 Calls go over one multiplexed connection (:mod:`gateway.quotas.link`: why not
-redis-py's pool is measured there). Scripts are called by SHA and loaded again when
-Redis lost them (a restart). Link errors and error replies are translated here, at one
-boundary, into :class:`QuotaStoreUnavailable`; the failure policy lives in
-:mod:`gateway.quotas.fallback`.
+redis-py's pool is measured there), found through Sentinel
+(:mod:`gateway.quotas.sentinel`) or one per Cluster primary
+(:mod:`gateway.quotas.cluster`) as the URL says. Scripts are called by SHA and loaded
+again when Redis lost them (a restart, a promoted replica). Link errors and error
+replies are translated here, at one boundary, into :class:`QuotaStoreUnavailable`; the
+failure policy lives in :mod:`gateway.quotas.fallback`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from gateway.auth import Principal
 from gateway.config import QuotaSettings
 from gateway.errors import QuotaStoreUnavailable
 from gateway.quotas.base import Demand, Reservation
-from gateway.quotas.cluster import ClusterLink, key_slot
+from gateway.quotas.cluster import ClusterLink
+from gateway.quotas.layout import (
+    Command,
+    Plan,
+    RedisHold,
+    Scripts,
+    SettleOp,
+    new_hold_id,
+)
+from gateway.quotas.layout import states as scope_states
 from gateway.quotas.limits import (
     KINDS,
-    Scope,
     ScopeState,
     Windows,
     budget_remaining,
@@ -68,57 +64,12 @@ from gateway.quotas.sentinel import SentinelLink
 from gateway.quotas.spend import ScopeSpend, SpendSource, spend_by_scope
 from gateway.quotas.urls import ClusterTarget, SentinelTarget, parse_url
 
-SCRIPTS_DIR = Path(__file__).resolve().parent
-_STATE_LEN = 7
-
 #: The connection: one Redis (standalone, or found through Sentinel), or a Cluster.
 Link = RedisLink | ClusterLink
-Command = tuple[Any, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class RedisHold:
-    """The store token of a reservation held in Redis."""
-
-    hold_id: str
-    scope_ids: tuple[str, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class _Plan:
-    """A principal's scopes and their part of reserve.lua's arguments, built once."""
-
-    scopes: tuple[Scope, ...]
-    ids: tuple[str, ...]
-    args: tuple[str, ...]
-    #: Redis Cluster only: the scopes by slot, as (scope indexes, their seed markers).
-    groups: tuple[tuple[tuple[int, ...], tuple[str, ...]], ...] = ()
-
-    @classmethod
-    def of(cls, principal: Principal, prefix: str, cluster: bool) -> _Plan:
-        scopes = scopes_of(principal)
-        args: list[str] = []
-        for s in scopes:
-            args += [s.id, " ".join(str(_lim(s.limit(k))) for k in _ARG_ORDER)]
-        groups: tuple[tuple[tuple[int, ...], tuple[str, ...]], ...] = ()
-        if cluster:
-            by_slot: dict[int, list[int]] = {}
-            for i, s in enumerate(scopes):
-                by_slot.setdefault(_slot(s.id), []).append(i)
-            groups = tuple(
-                (tuple(ix), tuple(f"{prefix}{{{scopes[i].id}}}:seeded" for i in ix))
-                for ix in by_slot.values()
-            )
-        return cls(scopes, tuple(s.id for s in scopes), tuple(args), groups)
 
 
 #: Plans kept per store (one per principal object the authenticator caches).
 _PLANS_MAX = 4096
-
-
-def new_hold_id(request_id: str) -> str:
-    """A hold id unique per reservation (clients may reuse their X-Request-ID)."""
-    return f"{request_id}~{secrets.token_hex(6)}"
 
 
 def make_link(settings: QuotaSettings) -> Link:
@@ -143,25 +94,6 @@ def make_link(settings: QuotaSettings) -> Link:
     return RedisLink(target, **kw)
 
 
-@dataclass(frozen=True, slots=True)
-class SettleOp:
-    """One settlement, with the windows of the moment the request ended.
-
-    ``held``: the reservation was made in Redis (release its hold); otherwise it was made
-    while Redis was unreachable and the actual cost is charged once, under a marker.
-    """
-
-    hold_id: str
-    scope_ids: tuple[str, ...]
-    actual: Demand
-    held: bool
-    day: str
-    month: str
-    #: Undo a reservation (Cluster, refused in another slot): the request leaves the
-    #: rate window too.
-    cancel: bool = False
-
-
 class RedisQuotaStore:
     """Reserve-then-settle in Redis with Lua (see module docstring)."""
 
@@ -182,18 +114,12 @@ class RedisQuotaStore:
         self._prefix = settings.redis_prefix
         self._ttl_ms = int(settings.reservation_ttl_s * 1000)
         self._clock = clock
-        self._scripts = {
-            name: (SCRIPTS_DIR / f"{name}.lua").read_text()
-            for name in ("reserve", "settle", "seed")
-        }
+        self._scripts = Scripts(self._prefix, self._ttl_ms, cluster=self._cluster is not None)
         #: Set when a reservation found the seed marker missing (see :meth:`seed`).
         self.needs_seed = False
-        self._sha = {
-            name: hashlib.sha1(text.encode()).hexdigest() for name, text in self._scripts.items()
-        }
         #: id(principal) -> (principal, plan). The authenticator hands out the same
         #: Principal while its key is cached; holding it keeps the id from being reused.
-        self._plans: dict[int, tuple[Principal, _Plan]] = {}
+        self._plans: dict[int, tuple[Principal, Plan]] = {}
 
     @property
     def link(self) -> Link:
@@ -201,7 +127,7 @@ class RedisQuotaStore:
 
     async def ping(self) -> None:
         """Check the connection and load the scripts (so a burst finds them cached)."""
-        await self._call([("SCRIPT", "LOAD", text) for text in self._scripts.values()])
+        await self._call([("SCRIPT", "LOAD", text) for text in self._scripts.texts.values()])
 
     def windows(self) -> Windows:
         return Windows.at(self._clock())
@@ -243,15 +169,15 @@ class RedisQuotaStore:
             demand.cost_nusd,
             *plan.args,
         ]
-        commands = [c for op in settle_first for c in self._settle_commands(op)]
+        commands = [c for op in settle_first for c in self._scripts.settle(op)]
         if self._cluster is not None:
             if len(plan.groups) > 1:
                 return await self._reserve_split(
                     principal, plan, request_id, hold_id, demand, w, args, commands
                 )
-            commands.append(self._command("reserve", args, plan.groups[0][1]))
+            commands.append(self._scripts.command("reserve", args, plan.groups[0][1]))
         else:
-            commands.append(self._command("reserve", args))
+            commands.append(self._scripts.command("reserve", args))
         raw = (await self._eval(commands))[-1]
         reply = [int(x) for x in raw.split()]
         if not reply.pop():
@@ -259,7 +185,7 @@ class RedisQuotaStore:
             if self._cluster is not None:
                 self._unseeded.update(plan.ids)
         if reply[0] == 1:
-            states = _states(reply[1:], len(scopes))
+            states = scope_states(reply[1:], len(scopes))
             return Reservation(
                 request_id=request_id,
                 principal=principal,
@@ -269,13 +195,13 @@ class RedisQuotaStore:
                 store_token=RedisHold(hold_id, plan.ids),
             )
         index, kind = reply[1] - 1, KINDS[reply[2] - 1]
-        states = _states(reply[3:], len(scopes))
+        states = scope_states(reply[3:], len(scopes))
         raise refusal(scopes[index], kind, states[index], demand, w, snapshot(scopes, states, w))
 
     async def _reserve_split(
         self,
         principal: Principal,
-        plan: _Plan,
+        plan: Plan,
         request_id: str,
         hold_id: str,
         demand: Demand,
@@ -289,7 +215,7 @@ class RedisQuotaStore:
         head = args[:9]
         for ix, markers in plan.groups:
             scope_args = [a for i in ix for a in plan.args[2 * i : 2 * i + 2]]
-            commands.append(self._command("reserve", [*head, *scope_args], markers))
+            commands.append(self._scripts.command("reserve", [*head, *scope_args], markers))
         raws = (await self._eval(commands))[-len(plan.groups) :]
         states: list[ScopeState] = [ScopeState()] * len(plan.scopes)
         admitted: list[tuple[int, ...]] = []
@@ -306,7 +232,7 @@ class RedisQuotaStore:
                 if refused is None:
                     refused = (ix[reply[1] - 1], reply[2] - 1)
                 flat = reply[3:]
-            for i, st in zip(ix, _states(flat, len(ix)), strict=True):
+            for i, st in zip(ix, scope_states(flat, len(ix)), strict=True):
                 states[i] = st
         scopes = plan.scopes
         if refused is None:
@@ -321,16 +247,16 @@ class RedisQuotaStore:
         if admitted:
             ids = tuple(plan.ids[i] for ix in admitted for i in ix)
             cancel = SettleOp(hold_id, ids, Demand(0, 0), True, w.day, w.month, cancel=True)
-            await self._eval(self._settle_commands(cancel))
+            await self._eval(self._scripts.settle(cancel))
         index, kind = refused
         snap = snapshot(scopes, states, w)
         raise refusal(scopes[index], KINDS[kind], states[index], demand, w, snap)
 
-    def _plan(self, principal: Principal) -> _Plan:
+    def _plan(self, principal: Principal) -> Plan:
         hit = self._plans.get(id(principal))
         if hit is not None and hit[0] is principal:
             return hit[1]
-        plan = _Plan.of(principal, self._prefix, self._cluster is not None)
+        plan = self._scripts.plan(principal)
         if len(self._plans) >= _PLANS_MAX:
             self._plans.clear()
         self._plans[id(principal)] = (principal, plan)
@@ -356,7 +282,7 @@ class RedisQuotaStore:
     async def settle_many(self, ops: Sequence[SettleOp]) -> None:
         """Run settlements in one round trip. Idempotent by hold id: safe to replay."""
         if ops:
-            await self._eval([c for op in ops for c in self._settle_commands(op)])
+            await self._eval([c for op in ops for c in self._scripts.settle(op)])
 
     def settle_now(self, op: SettleOp) -> asyncio.Future[Any] | None:
         """Write the settlement at once and return its reply's future, or None when the
@@ -364,36 +290,13 @@ class RedisQuotaStore:
         place, a NOSCRIPT among them) and falls back to :meth:`settle_many`."""
         if self._wait:
             return None  # confirmed by replicas only through the queue's path (WAIT)
-        commands = self._settle_commands(op)
+        commands = self._scripts.settle(op)
         futs = self._link.send_now(commands)
         if futs is None:
             return None
         if len(futs) == 1:
             return futs[0]
         return _first_error(futs)
-
-    def _settle_commands(self, op: SettleOp) -> list[Command]:
-        """The settle.lua call(s) of one settlement: one, or on a Cluster one per slot."""
-        mode = "2" if op.cancel else "1" if op.held else "0"
-        head = [
-            self._prefix,
-            op.hold_id,
-            mode,
-            op.actual.tokens,
-            op.actual.cost_nusd,
-            op.day,
-            op.month,
-            2 * self._ttl_ms,
-        ]
-        if self._cluster is None:
-            return [self._command("settle", [*head, *op.scope_ids])]
-        by_slot: dict[int, list[str]] = {}
-        for scope_id in op.scope_ids:
-            by_slot.setdefault(_slot(scope_id), []).append(scope_id)
-        return [
-            self._command("settle", [*head, *ids], (f"{self._prefix}{{{ids[0]}}}:holds",))
-            for ids in by_slot.values()
-        ]
 
     # ------------------------------------------------------------------ seeding
 
@@ -404,7 +307,7 @@ class RedisQuotaStore:
         the scopes that reservations found unseeded."""
         if self._cluster is not None:
             pending = sorted(self._unseeded)
-            found = await self._call([("EXISTS", self._marker(i)) for i in pending])
+            found = await self._call([("EXISTS", self._scripts.marker(i)) for i in pending])
             self._unseeded.difference_update(i for i, f in zip(pending, found, strict=True) if f)
             if not self._unseeded:
                 self.needs_seed = False
@@ -429,10 +332,10 @@ class RedisQuotaStore:
             none = ScopeSpend()
             results = await self._eval(
                 [
-                    self._command(
+                    self._scripts.command(
                         "seed",
                         [*head, i, (x := spend.get(i, none)).day, x.month, x.total],
-                        (self._marker(i),),
+                        (self._scripts.marker(i),),
                     )
                     for i in pending
                 ]
@@ -443,7 +346,7 @@ class RedisQuotaStore:
         args = list(head)
         for scope_id, s in spend.items():
             args += [scope_id, s.day, s.month, s.total]
-        (seeded,) = await self._eval([self._command("seed", args)])
+        (seeded,) = await self._eval([self._scripts.command("seed", args)])
         self.needs_seed = False
         return bool(seeded)
 
@@ -455,7 +358,7 @@ class RedisQuotaStore:
             return None
         w = Windows.at(self._clock())
         keys = [
-            self._key(s, suffix)
+            self._scripts.key(s.id, suffix)
             for s in scopes
             for suffix in (f"sd:{w.day}", f"sm:{w.month}", "st")
         ]
@@ -487,7 +390,7 @@ class RedisQuotaStore:
         async for raw in self._scan(pattern):
             name = raw.decode() if isinstance(raw, bytes) else str(raw)
             key_id = name[len(self._prefix) + 3 : name.index("}:")]
-            holds_key = self._key(Scope(f"k:{key_id}", ""), "holds")
+            holds_key = self._scripts.key(f"k:{key_id}", "holds")
 
             # One transaction, so the spend and the holds are read at the same moment.
             *_, (value, holds) = await self._call(
@@ -523,19 +426,6 @@ class RedisQuotaStore:
         await self._link.aclose()
 
     # ------------------------------------------------------------------ plumbing
-
-    def _key(self, scope: Scope, suffix: str) -> str:
-        return f"{self._prefix}{{{scope.id}}}:{suffix}"
-
-    def _marker(self, scope_id: str) -> str:
-        """A scope's own seed marker (Redis Cluster)."""
-        return f"{self._prefix}{{{scope_id}}}:seeded"
-
-    def _command(self, script: str, args: list[Any], keys: Sequence[str] = ()) -> Command:
-        """The EVALSHA command running one of our scripts. Scope ids are arguments; KEYS
-        are empty on a standalone Redis and on a Cluster name a key of the scripts' slot
-        (for routing, and seed markers where the script reads them)."""
-        return ("EVALSHA", self._sha[script], len(keys), *keys, *args)
 
     async def _eval(self, commands: list[Command]) -> list[Any]:
         """EVALSHA the scripts in one round trip; load them once if Redis lost them."""
@@ -585,17 +475,8 @@ class RedisQuotaStore:
         return results
 
 
-#: Order of the limits in a scope's limit string, as reserve.lua reads them.
-_ARG_ORDER = ("rpm", "tpm", "concurrency", "budget_daily", "budget_monthly", "budget_total")
-
-
 def _noscript(reply: Any) -> bool:
     return isinstance(reply, ReplyError) and reply.code == "NOSCRIPT"
-
-
-def _slot(scope_id: str) -> int:
-    """The Cluster slot of a scope's keys (their hash tag is ``{<scope id>}``)."""
-    return key_slot("{" + scope_id + "}")
 
 
 def _first_error(futs: list[asyncio.Future[Any]]) -> asyncio.Future[Any]:
@@ -618,11 +499,3 @@ def _first_error(futs: list[asyncio.Future[Any]]) -> asyncio.Future[Any]:
     for f in futs:
         f.add_done_callback(done)
     return out
-
-
-def _lim(value: int | None) -> int:
-    return -1 if value is None else value
-
-
-def _states(flat: list[int], n: int) -> list[ScopeState]:
-    return [ScopeState(*flat[i * _STATE_LEN : (i + 1) * _STATE_LEN]) for i in range(n)]
