@@ -430,6 +430,10 @@ class RedisQuotaStore:
     async def _eval(self, commands: list[Command]) -> list[Any]:
         """EVALSHA the scripts in one round trip; load them once if Redis lost them."""
         results = await self._call(commands, errors_in_place=True)
+        errors = [r for r in results if isinstance(r, ReplyError)]
+        if not errors:
+            return results
+        self._link.note_errors(errors)
         missing = [i for i, r in enumerate(results) if _noscript(r)]
         if missing:
             # Only the calls refused by NOSCRIPT go again: they never ran. The others
@@ -439,8 +443,9 @@ class RedisQuotaStore:
             again = await self._call([commands[i] for i in missing], errors_in_place=True)
             for i, reply in zip(missing, again, strict=True):
                 results[i] = reply
-        errors = [r for r in results if isinstance(r, ReplyError)]
+            errors = [r for r in results if isinstance(r, ReplyError)]
         if errors:
+            self._link.note_errors(errors)
             raise QuotaStoreUnavailable("The quota store failed.") from errors[0]
         return results
 
@@ -455,7 +460,8 @@ class RedisQuotaStore:
         failures, writes the replicas did not confirm (``wait_replicas``) and (unless
         ``errors_in_place``) error replies become :class:`QuotaStoreUnavailable`: the
         one translation point. Error replies saying the primary moved drop the
-        connection, so the next call finds the new one."""
+        connection, so the next call finds the new one (the caller reports those it
+        keeps in place: :meth:`_eval`)."""
         link = self._link if node is None else node
         if self._wait:
             commands = [*commands, ("WAIT", self._wait, self._wait_ms)]
@@ -467,10 +473,10 @@ class RedisQuotaStore:
             acked = results.pop()
             if not isinstance(acked, int) or acked < self._wait:
                 raise QuotaStoreUnavailable("The quota store's replicas did not confirm.")
-        errors = [r for r in results if isinstance(r, ReplyError)]
-        if errors:
-            self._link.note_errors(errors)
-            if not errors_in_place:
+        if not errors_in_place:
+            errors = [r for r in results if isinstance(r, ReplyError)]
+            if errors:
+                self._link.note_errors(errors)
                 raise QuotaStoreUnavailable("The quota store failed.") from errors[0]
         return results
 
