@@ -194,6 +194,40 @@ async def test_a_primary_without_the_scripts_does_not_make_others_run_twice(
     assert int(team_node.client().get(f"tg:q:{{t:{team}}}:rpm:{minute}") or 0) == 1
 
 
+class _Ledger:
+    """Spend as a ledger would report it: 7000 nano-USD for key ``seedme``, team ``st``."""
+
+    async def spend_since(self, since: Any) -> list[tuple[str, str | None, int]]:
+        return [("seedme", "st", 7000)]
+
+
+async def test_spend_is_seeded_per_scope_under_its_own_marker(cluster: ClusterSetup) -> None:
+    settings = QuotaSettings.model_validate({"backend": "redis", "redis_url": cluster.url})
+    primary = RedisQuotaStore(settings, clock=FakeClock())
+    store = FailoverQuotaStore(primary, settings, spend_source=_Ledger())
+    try:
+        assert await primary.is_seeded()  # nothing known to be missing yet
+        p = principal("seedme", team="st", budget_total_usd=1.0)
+        await store.reserve(p, "first", Demand(1, 100))
+        assert primary.needs_seed  # a scope without its marker: a new or emptied slot
+        assert not await primary.is_seeded()
+        await store.seed()
+        assert not primary.needs_seed and await primary.is_seeded()
+        for scope in ("k:seedme", "t:st"):
+            owner = cluster.owner(f"tg:q:{{{scope}}}:st").client()
+            assert int(owner.get(f"tg:q:{{{scope}}}:st") or 0) == 7000 + 100  # ledger + hold
+            assert owner.exists(f"tg:q:{{{scope}}}:seeded")
+        # Another replica that also saw the marker missing seeds too late: no-op.
+        late = RedisQuotaStore(settings, clock=FakeClock())
+        late._unseeded.update({"k:seedme", "t:st"})
+        assert not await late.seed(_Ledger())
+        await late.aclose()
+        owner = cluster.owner("tg:q:{k:seedme}:st").client()
+        assert int(owner.get("tg:q:{k:seedme}:st") or 0) == 7100
+    finally:
+        await store.aclose()
+
+
 async def test_moved_and_ask_are_followed(cluster: ClusterSetup) -> None:
     link = ClusterLink(cluster.url, timeout_s=0.5, connect_timeout_s=2.0)
     try:
