@@ -117,7 +117,11 @@ class ClusterLink:
 
     @property
     def connected(self) -> bool:
-        return bool(self._slots) and all(link.connected for link in self.primaries())
+        """Whether the map is known and every primary this link has used is connected."""
+        owners = set(self._slots)
+        return bool(self._slots) and all(
+            link.connected for address, link in self._links.items() if address in owners
+        )
 
     async def call(self, *args: Any) -> Any:
         (reply,) = await self.call_many([args])
@@ -179,7 +183,7 @@ class ClusterLink:
 
     def primaries(self) -> list[RedisLink]:
         """One link per primary in the current map."""
-        return [self._links[a] for a in dict.fromkeys(s for s in self._slots if s is not None)]
+        return [self._link(a) for a in dict.fromkeys(s for s in self._slots if s is not None)]
 
     def slot_owner(self, slot: int) -> Address | None:
         return self._slots[slot] if self._slots else None
