@@ -291,10 +291,10 @@ class QuotaSettings(_Section):
         if self.backend == "redis" and self.redis_url is None:
             raise ValueError("quotas.backend: redis needs quotas.redis_url")
         if self.redis_url is not None:
-            from gateway.quotas.link import RedisTarget  # the one parser of Redis URLs
+            from gateway.quotas.urls import parse_url  # the one parser of Redis URLs
 
             try:
-                RedisTarget.parse(self.redis_url.get_secret_value())
+                parse_url(self.redis_url.get_secret_value())
             except ValueError as exc:  # the message never repeats the URL (it may hold a password)
                 raise ValueError(f"quotas.redis_url: {exc}") from None
         return self

@@ -27,6 +27,9 @@ need libnuma1 have_lib 'libnuma\.so\.1'
 need make have make
 if [ "$mode" = test ]; then
   need redis-server have redis-server
+  need redis-tools have redis-cli          # redis-cli --cluster create (the Cluster tests)
+  # Sentinels run as `redis-server --sentinel` (what Debian's redis-sentinel package
+  # starts), so the redis-server package covers them.
   need postgresql have_glob '/usr/lib/postgresql/*/bin/initdb'
   need chromium have chromium
   need fonts-dejavu-core have_glob '/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf'

@@ -43,10 +43,11 @@ from gateway.auth import Principal
 from gateway.config import QuotaSettings
 from gateway.errors import GatewayError, QuotaStoreUnavailable, with_retry_after
 from gateway.quotas.base import Demand, RateSnapshot, Reservation
+from gateway.quotas.layout import RedisHold, SettleOp, new_hold_id
 from gateway.quotas.limits import scopes_of
 from gateway.quotas.link import LinkError, ReplyError
 from gateway.quotas.local import LocalQuotaStore
-from gateway.quotas.redis import RedisHold, RedisQuotaStore, SettleOp, new_hold_id
+from gateway.quotas.redis import RedisQuotaStore
 from gateway.quotas.spend import LedgerSpend, SpendSource
 
 log = logging.getLogger(__name__)

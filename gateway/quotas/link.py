@@ -30,14 +30,19 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import ssl
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any, cast
-from urllib.parse import parse_qs, unquote, urlsplit
 
 import hiredis
+
+from gateway.quotas.urls import RedisTarget
+
+__all__ = ["FAILOVER_CODES", "LinkError", "RedisLink", "RedisTarget", "ReplyError"]
+
+#: Error replies that mean "this node is no longer the primary you want": the connection
+#: is dropped, so the next call finds the primary again (see :meth:`RedisLink.note_errors`).
+FAILOVER_CODES = frozenset({"READONLY", "MASTERDOWN", "UNBLOCKED"})
 
 
 class LinkError(ConnectionError):
@@ -50,48 +55,6 @@ class ReplyError(Exception):
     @property
     def code(self) -> str:
         return str(self).split(" ", 1)[0]
-
-
-@dataclass(frozen=True)
-class RedisTarget:
-    """Where and how to connect, from a redis-py style URL: ``redis://[user:pass@]host
-    [:port][/db]``, ``rediss://...`` (TLS; ``?ssl_cert_reqs=none`` skips verification)
-    or ``unix:///path/to/socket[?db=N]``."""
-
-    host: str = "localhost"
-    port: int = 6379
-    path: str | None = None
-    db: int = 0
-    username: str | None = None
-    password: str | None = None
-    ssl: ssl.SSLContext | None = None
-
-    @classmethod
-    def parse(cls, url: str) -> RedisTarget:
-        parts = urlsplit(url)
-        if parts.scheme not in ("redis", "rediss", "unix"):
-            raise ValueError("a Redis URL starts with redis://, rediss:// or unix://")
-        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
-        db_text = query.get("db") or (parts.path.strip("/") if parts.scheme != "unix" else "")
-        try:
-            db = int(db_text or 0)
-        except ValueError:
-            raise ValueError(f"the Redis database must be a number, not {db_text!r}") from None
-        context = None
-        if parts.scheme == "rediss":
-            context = ssl.create_default_context()
-            if query.get("ssl_cert_reqs", "").lower() in ("none", "cert_none"):
-                context.check_hostname = False
-                context.verify_mode = ssl.CERT_NONE
-        return cls(
-            host=unquote(parts.hostname or "localhost"),
-            port=parts.port or 6379,
-            path=unquote(parts.path) if parts.scheme == "unix" else None,
-            db=db,
-            username=unquote(parts.username) if parts.username else None,
-            password=unquote(parts.password) if parts.password is not None else None,
-            ssl=context,
-        )
 
 
 class _Protocol(asyncio.Protocol):
@@ -145,12 +108,17 @@ class _Protocol(asyncio.Protocol):
 
 
 class RedisLink:
-    """One multiplexed connection to a standalone Redis, reconnected on demand."""
+    """One multiplexed connection to one Redis, reconnected on demand."""
 
     def __init__(
-        self, url: str, *, timeout_s: float, connect_timeout_s: float, max_in_flight: int = 4096
+        self,
+        url: str | RedisTarget,
+        *,
+        timeout_s: float,
+        connect_timeout_s: float,
+        max_in_flight: int = 4096,
     ) -> None:
-        target = RedisTarget.parse(url)
+        target = url if isinstance(url, RedisTarget) else RedisTarget.parse(url)
         self._target = target
         self._hello: list[tuple[Any, ...]] = []
         if target.password is not None:
@@ -167,6 +135,11 @@ class RedisLink:
         self._connecting: asyncio.Task[_Protocol] | None = None
         self._watchdog: asyncio.TimerHandle | None = None
         self._closed = False
+
+    @property
+    def wait_replicas(self) -> int:
+        """Replicas that must confirm each batch of writes (0 here: see Sentinel's)."""
+        return 0
 
     @property
     def connected(self) -> bool:
@@ -206,6 +179,19 @@ class RedisLink:
             return None
         return self._send(commands, proto, at_once=True)
 
+    def note_errors(self, errors: Sequence[ReplyError]) -> None:
+        """Error replies seen by the caller: one saying this node stopped being the
+        primary (READONLY after a failover, ...) drops the connection, and the next call
+        connects again (to the new primary, where the link can find it). Called on the
+        error path only: the hot path pays nothing."""
+        if any(e.code in FAILOVER_CODES for e in errors):
+            self.reset("Redis is no longer the primary.")
+
+    def reset(self, reason: str) -> None:
+        """Drop the connection; waiting calls fail with ``reason``, the next reconnects."""
+        if self._proto is not None:
+            self._proto.fail(LinkError(reason))
+
     async def aclose(self) -> None:
         self._closed = True
         if self._watchdog is not None:
@@ -238,7 +224,7 @@ class RedisLink:
         proto = _Protocol(self._lost)
         try:
             async with asyncio.timeout(self._connect_timeout_s):
-                t = self._target
+                t = await self._locate()
                 if t.path is not None:
                     await loop.create_unix_connection(lambda: proto, t.path)
                 else:
@@ -248,12 +234,20 @@ class RedisLink:
                         if isinstance(reply, ReplyError):
                             proto.fail(LinkError(f"Redis refused the handshake: {reply}"))
                             raise LinkError(f"Redis refused the handshake: {reply}")
+                await self._verify(proto)
         except TimeoutError:
             proto.fail(LinkError("Connecting to Redis timed out."))
             raise LinkError("Connecting to Redis timed out.") from None
         except OSError as exc:
             raise LinkError(f"Cannot connect to Redis: {exc.strerror or exc}") from None
         return proto
+
+    async def _locate(self) -> RedisTarget:
+        """Where to connect (a subclass may ask someone: Sentinel)."""
+        return self._target
+
+    async def _verify(self, proto: _Protocol) -> None:
+        """Check the new connection before calls use it (a subclass checks the role)."""
 
     def _lost(self, proto: _Protocol) -> None:
         if self._proto is proto:

@@ -9,7 +9,9 @@
 -- Returns "1 state... seeded" when admitted (counters after the reservation), or
 --         "0 scope_index kind_index state... seeded" when refused (counters before).
 -- seeded is 0 when the seed marker is missing: Redis lost its data (or is new) and the
--- gateway should put the ledger's spend back (seed.lua).
+-- gateway should put the ledger's spend back (seed.lua). The marker is P .. 'seeded'
+-- (standalone, no KEYS), or on Redis Cluster each scope's own, passed as KEYS (which
+-- also route the script to the scopes' slot).
 -- A state is 7 integers per scope: requests, tokens, in_flight, spend_day, spend_month,
 -- spend_total, held. kind_index follows gateway.quotas.limits.KINDS.
 local P = ARGV[1]
@@ -61,7 +63,14 @@ local function state(s)
           tonumber(v[3]) or 0, tonumber(v[4]) or 0, tonumber(v[5]) or 0, tonumber(v[6]) or 0}
 end
 
-local seeded = redis.call('EXISTS', P .. 'seeded')
+local seeded = 1
+if #KEYS == 0 then
+  seeded = redis.call('EXISTS', P .. 'seeded')
+else
+  for _, marker in ipairs(KEYS) do
+    if redis.call('EXISTS', marker) == 0 then seeded = 0 end
+  end
+end
 
 local function reply(head, states)
   local out = head

@@ -5,8 +5,13 @@
 -- mode "1" (held): the reservation was made in Redis. Each scope's hold is released and
 --   the actual cost charged to the current day and month; a hold already gone (settled
 --   before, or expired and purged) is skipped, which makes a replay harmless.
+-- mode "2" (cancel): as "1" with no usage, and the request leaves the rate window too.
+--   Used to undo a reservation admitted in some scopes and refused in others, when the
+--   scopes live in different Redis Cluster slots (see redis.py).
 -- mode "0" (unheld): the reservation was made while Redis was unreachable. The actual
---   cost is charged once, guarded by a marker key named after the hold.
+--   cost is charged once per scope, guarded by a marker key per scope named after the
+--   hold (in the scope's slot, for Redis Cluster).
+-- KEYS are not read: on Redis Cluster one of the scopes' keys routes the script.
 -- Returns the number of scopes charged.
 local P = ARGV[1]
 local hold = ARGV[2]
@@ -35,7 +40,7 @@ local function charge(s)
 end
 
 local charged = 0
-if ARGV[3] == '1' then
+if ARGV[3] ~= '0' then
   for i = 1, n do
     local s = ARGV[8 + i]
     local holds = key(s, 'holds')
@@ -44,6 +49,7 @@ if ARGV[3] == '1' then
       local t, c, mi, d, mo = string.match(rec, '^(%-?%d+):(%-?%d+):(%d+):(%d+):(%d+)$')
       c = tonumber(c)
       adjust(key(s, 'tpm:' .. mi), tokens - tonumber(t))
+      if ARGV[3] == '2' then adjust(key(s, 'rpm:' .. mi), -1) end
       -- The hold's cost leaves the windows it was reserved in; the actual cost goes to
       -- the windows of now (the ledger bills at finish time). Same window: one INCRBY.
       if d == day then
@@ -68,9 +74,11 @@ if ARGV[3] == '1' then
   return charged
 end
 
-if not redis.call('SET', P .. 'done:' .. hold, '1', 'NX', 'PX', ARGV[8]) then return 0 end
 for i = 1, n do
-  charge(ARGV[8 + i])
-  charged = charged + 1
+  local s = ARGV[8 + i]
+  if redis.call('SET', key(s, 'done:' .. hold), '1', 'NX', 'PX', ARGV[8]) then
+    charge(s)
+    charged = charged + 1
+  end
 end
 return charged

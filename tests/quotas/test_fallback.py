@@ -17,8 +17,9 @@ from gateway.errors import QuotaStoreUnavailable, RateLimitError
 from gateway.metrics import Metrics
 from gateway.quotas.base import Demand, Reservation
 from gateway.quotas.fallback import Breaker, Degraded, FailoverQuotaStore
+from gateway.quotas.layout import SettleOp
 from gateway.quotas.local import LocalQuotaStore
-from gateway.quotas.redis import RedisQuotaStore, SettleOp
+from gateway.quotas.redis import RedisQuotaStore
 from tests.quotas.conftest import FakeClock, principal
 from tests.quotas.redis_server import RedisServer
 

@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import redis
@@ -29,6 +30,7 @@ class RedisServer:
         *,
         appendfsync: str = "always",
         password: str | None = None,
+        extra: Sequence[str] = (),
     ) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
@@ -41,6 +43,8 @@ class RedisServer:
         self.appendfsync = appendfsync
         #: ``requirepass``, as production runs it (None: no password).
         self.password = password
+        #: More redis-server options (``--replicaof``, ``--cluster-enabled``, ...).
+        self.extra = list(extra)
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -70,6 +74,7 @@ class RedisServer:
                 "--daemonize",
                 "no",
                 *(["--requirepass", self.password] if self.password else []),
+                *self.extra,
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
