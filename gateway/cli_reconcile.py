@@ -130,7 +130,7 @@ def _print_reconciliation(data: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from gateway.ledger.reports import format_usd
+    from gateway.ledger.money import format_usd
 
     table = Table(title=f"Reconciliation, {data['period']} from {data['start']} to {data['end']}")
     for name in ("key id", "ledger", "counters", "difference", ""):

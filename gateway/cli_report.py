@@ -43,7 +43,10 @@ def report(
     config: ConfigOpt = None,
 ) -> None:
     """Spend, counterfactual spend and savings from the ledger, grouped."""
-    from gateway.ledger.reports import ReportQuery, Reports, parse_when, to_csv, to_json
+    from gateway.ledger.periods import parse_when
+    from gateway.ledger.report_format import to_csv, to_json
+    from gateway.ledger.report_types import ReportQuery
+    from gateway.ledger.reports import Reports
     from gateway.ledger.store import LedgerStore, LedgerUnavailableError
 
     if fmt not in ("table", "csv", "json"):
@@ -86,7 +89,7 @@ def _emit_table(result: Any, output: Path | None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from gateway.ledger.reports import describe_range, table_rows
+    from gateway.ledger.report_format import describe_range, table_rows
 
     header, rows = table_rows(result)
     q = result.query
