@@ -7,71 +7,46 @@ rotated key is printed once, on stdout; nothing else ever prints it.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
-import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
-from pydantic import BaseModel, ValidationError
 from sqlalchemy.exc import OperationalError, ProgrammingError, SQLAlchemyError
 
+from gateway.cli_keys_args import (
+    ConcOpt,
+    ConfigOpt,
+    DailyOpt,
+    ExpiresOpt,
+    JsonOpt,
+    MetaOpt,
+    ModelsOpt,
+    MonthlyOpt,
+    RpmOpt,
+    TeamOpt,
+    TotalOpt,
+    TpmOpt,
+    fail,
+    parse_duration_s,
+    parse_expiry,
+    parse_limits,
+    parse_meta,
+    validated,
+)
+from gateway.cli_keys_output import limits_line, print_secret, show_key, show_team
 from gateway.config import ConfigError, Settings
 from gateway.db import make_engine
 from gateway.errors import GatewayError
-from gateway.keys import (
-    LIMIT_FIELDS,
-    KeyCreate,
-    KeyInfo,
-    KeyStore,
-    KeyUpdate,
-    TeamCreate,
-    TeamInfo,
-    TeamUpdate,
-)
+from gateway.keys import KeyCreate, KeyStore, KeyUpdate, TeamCreate, TeamUpdate
 
 app = typer.Typer(help="Managed API keys: create, list, show, update, revoke, rotate.")
 teams_app = typer.Typer(help="Teams: limits and models shared by their keys.")
 app.add_typer(teams_app, name="teams")
 
 T = TypeVar("T")
-M = TypeVar("M", bound=BaseModel)
-
-ConfigOpt = Annotated[
-    Path | None,
-    typer.Option("--config", "-c", help="YAML config (default: $TOLLGATE_CONFIG)."),
-]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
-TeamOpt = Annotated[str | None, typer.Option("--team", help="Team name.")]
-ModelsOpt = Annotated[
-    list[str] | None, typer.Option("--model", "-m", help="Allowed model (repeat for several).")
-]
-MetaOpt = Annotated[
-    list[str] | None, typer.Option("--meta", help="Metadata KEY=VALUE (repeat for several).")
-]
-_LIMIT_HELP = "'none' removes the limit."
-RpmOpt = Annotated[str | None, typer.Option("--rpm", help=f"Requests/minute. {_LIMIT_HELP}")]
-TpmOpt = Annotated[str | None, typer.Option("--tpm", help=f"Tokens/minute. {_LIMIT_HELP}")]
-ConcOpt = Annotated[
-    str | None, typer.Option("--concurrency", help=f"Requests in flight. {_LIMIT_HELP}")
-]
-DailyOpt = Annotated[str | None, typer.Option("--budget-daily", help="USD per UTC day.")]
-MonthlyOpt = Annotated[str | None, typer.Option("--budget-monthly", help="USD per UTC month.")]
-TotalOpt = Annotated[str | None, typer.Option("--budget-total", help="USD in total.")]
-ExpiresOpt = Annotated[
-    str | None,
-    typer.Option("--expires", help="ISO time (UTC if no zone) or a duration: 30d, 12h, 90m."),
-]
-
-_DURATION = re.compile(r"^(\d+)([dhm])$")
-
-
-def _fail(message: str) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(1)
 
 
 @contextmanager
@@ -93,119 +68,16 @@ def _call(config: Path | None, op: Callable[[KeyStore], T]) -> T:
         try:
             return op(store)
         except GatewayError as err:
-            raise _fail(err.message) from None
+            raise fail(err.message) from None
         except (OperationalError, ProgrammingError) as exc:
             if "no such table" in str(exc) or "does not exist" in str(exc):
-                raise _fail(
+                raise fail(
                     "the key tables do not exist yet: run the database migrations first "
                     "(the gateway runs them at start when ledger.auto_migrate is on)"
                 ) from None
-            raise _fail(f"database error: {type(exc).__name__}") from None
+            raise fail(f"database error: {type(exc).__name__}") from None
         except SQLAlchemyError as exc:
-            raise _fail(f"database error: {type(exc).__name__}") from None
-
-
-def _model(cls: type[M], data: dict[str, Any]) -> M:
-    try:
-        return cls.model_validate(data)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
-        )
-        raise _fail(problems) from None
-
-
-def _limits(**values: str | None) -> dict[str, Any]:
-    """Only the limits given; 'none' clears one."""
-    out: dict[str, Any] = {}
-    for name, raw in values.items():
-        if raw is None:
-            continue
-        out[name] = None if raw.strip().lower() in ("none", "unlimited", "") else raw.strip()
-    assert set(out) <= set(LIMIT_FIELDS)
-    return out
-
-
-def _delta(raw: str) -> dt.timedelta | None:
-    m = _DURATION.match(raw.strip())
-    if not m:
-        return None
-    n, unit = int(m.group(1)), m.group(2)
-    return {
-        "d": dt.timedelta(days=n),
-        "h": dt.timedelta(hours=n),
-        "m": dt.timedelta(minutes=n),
-    }[unit]
-
-
-def _duration_s(option: str, raw: str) -> int:
-    delta = _delta(raw)
-    if delta is None:
-        raise _fail(f"{option}: not a duration like 30d, 12h or 90m: {raw!r}")
-    return int(delta.total_seconds())
-
-
-def _expiry(raw: str | None) -> dt.datetime | None:
-    if raw is None:
-        return None
-    delta = _delta(raw)
-    if delta is not None:
-        return dt.datetime.now(dt.UTC) + delta
-    try:
-        t = dt.datetime.fromisoformat(raw)
-    except ValueError:
-        raise _fail(f"--expires: not an ISO time or a duration: {raw!r}") from None
-    return t if t.tzinfo else t.replace(tzinfo=dt.UTC)
-
-
-def _meta(items: list[str] | None) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for item in items or ():
-        k, sep, v = item.partition("=")
-        if not sep or not k:
-            raise _fail(f"--meta expects KEY=VALUE, got {item!r}")
-        out[k] = v
-    return out
-
-
-def _limits_line(limits: BaseModel) -> str:
-    parts = [f"{k}={v}" for k, v in limits.model_dump().items() if v is not None]
-    return ", ".join(parts) or "unlimited"
-
-
-def _show_key(info: KeyInfo, as_json: bool) -> None:
-    if as_json:
-        typer.echo(json.dumps(info.model_dump(mode="json", exclude={"key"}), indent=2))
-        return
-    state = "active" if info.active else ("revoked" if info.revoked_at else "expired")
-    typer.echo(f"{info.id}  {info.prefix}…  {info.name}  [{state}]")
-    typer.echo(f"  team:    {info.team or '-'}")
-    typer.echo(f"  models:  {', '.join(info.models) if info.models is not None else 'all'}")
-    typer.echo(f"  limits:  {_limits_line(info.limits)}")
-    if info.expires_at:
-        typer.echo(f"  expires: {info.expires_at.isoformat()}")
-    if info.previous_valid_until:
-        typer.echo(f"  old secret works until: {info.previous_valid_until.isoformat()}")
-    if info.metadata:
-        typer.echo(f"  meta:    {json.dumps(info.metadata)}")
-
-
-def _show_team(info: TeamInfo, as_json: bool) -> None:
-    if as_json:
-        typer.echo(json.dumps(info.model_dump(mode="json"), indent=2))
-        return
-    typer.echo(f"{info.name}")
-    typer.echo(f"  models:  {', '.join(info.models) if info.models is not None else 'all'}")
-    typer.echo(f"  limits:  {_limits_line(info.limits)}")
-
-
-def _print_secret(key: str, info: KeyInfo, as_json: bool) -> None:
-    if as_json:
-        typer.echo(json.dumps({"key": key, **info.model_dump(mode="json", exclude={"key"})}))
-    else:
-        typer.echo(key)
-        typer.echo(f"id {info.id}, prefix {info.prefix}", err=True)
-    typer.echo("Store this key now: it is shown only once.", err=True)
+            raise fail(f"database error: {type(exc).__name__}") from None
 
 
 # ---------------------------------------------------------------------- keys
@@ -228,13 +100,13 @@ def create(
     as_json: JsonOpt = False,
 ) -> None:
     """Create a key and print it (once)."""
-    spec = _model(
+    spec = validated(
         KeyCreate,
         {
             "name": name,
             "team": team,
             "models": model or None,
-            "limits": _limits(
+            "limits": parse_limits(
                 rpm=rpm,
                 tpm=tpm,
                 concurrency=concurrency,
@@ -242,12 +114,12 @@ def create(
                 budget_monthly_usd=budget_monthly,
                 budget_total_usd=budget_total,
             ),
-            "expires_at": _expiry(expires),
-            "metadata": _meta(meta),
+            "expires_at": parse_expiry(expires),
+            "metadata": parse_meta(meta),
         },
     )
     created = _call(config, lambda s: s.create_key(spec))
-    _print_secret(created.key, created, as_json)
+    print_secret(created.key, created, as_json)
 
 
 @app.command("list")
@@ -266,14 +138,14 @@ def list_(
         state = "active" if k.active else ("revoked" if k.revoked_at else "expired")
         typer.echo(
             f"{k.id}  {k.prefix}…  {k.name}  team={k.team or '-'}  [{state}]  "
-            f"{_limits_line(k.limits)}"
+            f"{limits_line(k.limits)}"
         )
 
 
 @app.command("show")
 def show(key_id: str, config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
     """Show one key."""
-    _show_key(_call(config, lambda s: s.get_key(key_id)), as_json)
+    show_key(_call(config, lambda s: s.get_key(key_id)), as_json)
 
 
 @app.command("update")
@@ -308,7 +180,7 @@ def update(
         patch["team"] = None if no_team else team
     if model or all_models:
         patch["models"] = None if all_models else model
-    limits = _limits(
+    limits = parse_limits(
         rpm=rpm,
         tpm=tpm,
         concurrency=concurrency,
@@ -319,17 +191,17 @@ def update(
     if limits:
         patch["limits"] = limits
     if expires is not None or no_expiry:
-        patch["expires_at"] = None if no_expiry else _expiry(expires)
+        patch["expires_at"] = None if no_expiry else parse_expiry(expires)
     if meta:
-        patch["metadata"] = _meta(meta)
-    spec = _model(KeyUpdate, patch)
-    _show_key(_call(config, lambda s: s.update_key(key_id, spec)), as_json)
+        patch["metadata"] = parse_meta(meta)
+    spec = validated(KeyUpdate, patch)
+    show_key(_call(config, lambda s: s.update_key(key_id, spec)), as_json)
 
 
 @app.command("revoke")
 def revoke(key_id: str, config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
     """Revoke a key: it stops working (other replicas: within auth.key_cache_ttl_s)."""
-    _show_key(_call(config, lambda s: s.revoke_key(key_id)), as_json)
+    show_key(_call(config, lambda s: s.revoke_key(key_id)), as_json)
 
 
 @app.command("rotate")
@@ -347,9 +219,9 @@ def rotate(
     as_json: JsonOpt = False,
 ) -> None:
     """Give a key a new secret (same id, limits and spend); the old one stops working."""
-    grace_s = _duration_s("--grace", grace) if grace is not None else 0
+    grace_s = parse_duration_s("--grace", grace) if grace is not None else 0
     created = _call(config, lambda s: s.rotate_key(key_id, grace_s=grace_s))
-    _print_secret(created.key, created, as_json)
+    print_secret(created.key, created, as_json)
     if created.previous_valid_until is not None and not as_json:
         until = created.previous_valid_until.isoformat()
         typer.echo(f"The old secret works until {until}.", err=True)
@@ -373,12 +245,12 @@ def team_create(
     as_json: JsonOpt = False,
 ) -> None:
     """Create a team."""
-    spec = _model(
+    spec = validated(
         TeamCreate,
         {
             "name": name,
             "models": model or None,
-            "limits": _limits(
+            "limits": parse_limits(
                 rpm=rpm,
                 tpm=tpm,
                 concurrency=concurrency,
@@ -386,10 +258,10 @@ def team_create(
                 budget_monthly_usd=budget_monthly,
                 budget_total_usd=budget_total,
             ),
-            "metadata": _meta(meta),
+            "metadata": parse_meta(meta),
         },
     )
-    _show_team(_call(config, lambda s: s.create_team(spec)), as_json)
+    show_team(_call(config, lambda s: s.create_team(spec)), as_json)
 
 
 @teams_app.command("list")
@@ -400,13 +272,13 @@ def team_list(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
         typer.echo(json.dumps([t.model_dump(mode="json") for t in teams], indent=2))
         return
     for t in teams:
-        _show_team(t, False)
+        show_team(t, False)
 
 
 @teams_app.command("show")
 def team_show(name: str, config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
     """Show one team."""
-    _show_team(_call(config, lambda s: s.get_team(name)), as_json)
+    show_team(_call(config, lambda s: s.get_team(name)), as_json)
 
 
 @teams_app.command("update")
@@ -428,7 +300,7 @@ def team_update(
     patch: dict[str, Any] = {}
     if model or all_models:
         patch["models"] = None if all_models else model
-    limits = _limits(
+    limits = parse_limits(
         rpm=rpm,
         tpm=tpm,
         concurrency=concurrency,
@@ -439,9 +311,9 @@ def team_update(
     if limits:
         patch["limits"] = limits
     if meta:
-        patch["metadata"] = _meta(meta)
-    spec = _model(TeamUpdate, patch)
-    _show_team(_call(config, lambda s: s.update_team(name, spec)), as_json)
+        patch["metadata"] = parse_meta(meta)
+    spec = validated(TeamUpdate, patch)
+    show_team(_call(config, lambda s: s.update_team(name, spec)), as_json)
 
 
 @teams_app.command("delete")

@@ -35,8 +35,10 @@ from gateway.errors import (
     ServiceUnavailableError,
 )
 from gateway.ledger.dashboard import DashboardData, default_range, login_page, render
+from gateway.ledger.periods import parse_when
 from gateway.ledger.reconcile import SpendCounters, reconcile
-from gateway.ledger.reports import ReportQuery, parse_when, to_csv, to_json
+from gateway.ledger.report_format import to_csv, to_json
+from gateway.ledger.report_types import ReportQuery
 from gateway.ledger.service import Ledger
 from gateway.services import services
 

@@ -14,7 +14,7 @@ from decimal import Decimal
 from html import escape
 from types import MappingProxyType
 
-from gateway.ledger.reports import format_usd
+from gateway.ledger.money import format_usd
 
 PALETTE = ("#0f766e", "#4338ca", "#b45309", "#be185d", "#0369a1", "#4d7c0f", "#7c3aed")
 TIER_COLORS: Mapping[str, str] = MappingProxyType({"small": "#0f766e", "large": "#4338ca"})

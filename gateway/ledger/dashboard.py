@@ -21,7 +21,9 @@ from gateway.ledger.charts import (
     horizontal_bars,
     stacked_bars,
 )
-from gateway.ledger.reports import Report, ReportQuery, Reports, Totals, format_usd
+from gateway.ledger.money import format_usd
+from gateway.ledger.report_types import Report, ReportQuery, Totals
+from gateway.ledger.reports import Reports
 
 DEFAULT_DAYS = 30
 #: Longer ranges are charted per month instead of per day.

@@ -16,7 +16,9 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
-from gateway.ledger.reports import Reports, format_usd, period_bounds
+from gateway.ledger.money import format_usd
+from gateway.ledger.periods import period_bounds
+from gateway.ledger.reports import Reports
 
 Period = Literal["day", "month"]
 

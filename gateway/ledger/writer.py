@@ -23,6 +23,10 @@ in flight and then spilled, or a spill file replayed twice, is never counted twi
 While the database is down the writer backs off (up to ``retry_max_s``) and moves
 queued records to the spill file each cycle, so a crash then loses nothing. On
 shutdown (:meth:`aclose`) it flushes within ``shutdown_timeout_s`` and spills the rest.
+
+This module is the event-loop side (the queue, the hand-off and the background loop);
+:mod:`gateway.ledger.drain` writes, spills and replays in the worker thread, and
+:mod:`gateway.ledger.writer_stats` exports the counters.
 """
 
 from __future__ import annotations
@@ -32,55 +36,18 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import Protocol
+from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
 
 from gateway.config import LedgerSettings
+from gateway.ledger.drain import Drain, RowSink
 from gateway.ledger.journal import Journal
 from gateway.ledger.record import LedgerRecord
-from gateway.ledger.spill import ReplayFile, SpillDir, encode
-from gateway.ledger.store import LedgerRejectedError, LedgerUnavailableError
+from gateway.ledger.spill import SpillDir, encode
+from gateway.ledger.writer_stats import WriterCollector, WriterStats
 
 log = logging.getLogger("tollgate.ledger")
-
-
-class RowSink(Protocol):
-    """Where batches go: :class:`~gateway.ledger.store.LedgerStore` (or a test fake)."""
-
-    def insert(self, records: Sequence[LedgerRecord]) -> int:
-        """Insert idempotently; return how many rows were new."""
-        ...
-
-    def migrate(self) -> None: ...
-
-    def ping(self) -> None: ...
-
-
-@dataclass(frozen=True, slots=True)
-class WriterStats:
-    """A snapshot of the writer's counters (also exported to Prometheus)."""
-
-    queue_depth: int
-    queue_capacity: int
-    accepted: int
-    written: int
-    duplicates: int
-    spilled: int
-    replayed: int
-    rejected: int
-    dropped: int
-    failures: int
-    spill_pending_bytes: int
-    database_up: bool
-
-    def to_dict(self) -> dict[str, int | bool]:
-        return asdict(self)
 
 
 class LedgerWriter:
@@ -95,17 +62,23 @@ class LedgerWriter:
         replay_batches_per_cycle: int = 8,
         orphan_scan_s: float = 30.0,
     ) -> None:
-        self._sink = sink
         self._batch = settings.batch_size
         self._max = settings.queue_max
         self._interval = settings.flush_interval_s
-        self._retry_max = settings.retry_max_s
         self._shutdown_timeout = settings.shutdown_timeout_s
-        self._auto_migrate = settings.auto_migrate
-        self._replay_batches = replay_batches_per_cycle
-        self._orphan_scan_s = orphan_scan_s
         self._spill = SpillDir(settings.spill_dir)
         self._journal = Journal(settings.spill_dir) if settings.journal else None
+        self._drain = Drain(
+            sink,
+            self._spill,
+            self._journal,
+            batch_size=settings.batch_size,
+            interval_s=settings.flush_interval_s,
+            retry_max_s=settings.retry_max_s,
+            auto_migrate=settings.auto_migrate,
+            replay_batches_per_cycle=replay_batches_per_cycle,
+            orphan_scan_s=orphan_scan_s,
+        )
         self._queue: deque[LedgerRecord] = deque()
         # Sequence numbers, for the journal's watermark: every record below it is in the
         # database, fsync'd in a spill file, set aside or counted as dropped.
@@ -119,28 +92,13 @@ class LedgerWriter:
         self._closing = False
         self._closed = False
         self._flush_requested = False
-        self._schema_ready = not settings.auto_migrate
-        self._db_up = True
-        self._backoff = self._interval
-        self._retry_at = 0.0
-        self._replay: ReplayFile | None = None
-        self._replay_iter: Iterator[list[LedgerRecord]] | None = None
-        self._replay_wanted = True  # files from an earlier run may be waiting
-        self._next_orphan_scan = 0.0
         self._hot_unsynced = False
         self._warned_full = False
-        # Counters. Those bumped on the event loop and in the worker thread are kept
-        # apart (``+=`` is not atomic across threads) and summed in :meth:`stats`.
+        # Counters bumped on the event loop; those bumped in the worker thread are the
+        # drain's (``+=`` is not atomic across threads), summed in :meth:`stats`.
         self._accepted = 0
         self._spilled_hot = 0
         self._dropped = 0
-        self._spilled_bg = 0
-        self._dropped_bg = 0
-        self._written = 0
-        self._duplicates = 0
-        self._replayed = 0
-        self._rejected = 0
-        self._failures = 0
         if registry is not None:
             registry.register(WriterCollector(self))
 
@@ -175,7 +133,7 @@ class LedgerWriter:
         self._hot_seqs.append(seq)
         self._spilled_hot += 1
         self._hot_unsynced = True
-        self._replay_wanted = True
+        self._drain.replay_wanted = True
         if not self._warned_full:
             self._warned_full = True
             log.warning(
@@ -200,23 +158,8 @@ class LedgerWriter:
         reads it at start-up (the quota store rebuilds spend from it). A database that
         is down does not stop the start: the writer spills until it is back.
         """
-        await asyncio.to_thread(self._prepare)
+        await asyncio.to_thread(self._drain.prepare, self._shutdown_timeout)
         self._task = asyncio.create_task(self._run(), name="ledger-writer")
-
-    def _prepare(self) -> None:
-        self._spill.open()
-        try:
-            if not self._schema_ready:
-                self._sink.migrate()
-                self._schema_ready = True
-        except LedgerUnavailableError as exc:
-            self._mark_down(exc)
-            return
-        deadline = time.monotonic() + self._shutdown_timeout
-        while self._db_up and time.monotonic() < deadline:
-            self._replay_some()
-            if self._replay is None and not self._replay_wanted:
-                break
 
     async def flush(self, timeout: float | None = None) -> bool:
         """Wait until everything queued so far is in the database or the spill file.
@@ -268,10 +211,8 @@ class LedgerWriter:
                 self._journal.close(0)  # keep it all: replayed (idempotently) at next start
             return
         if left:
-            await asyncio.to_thread(self._spill_batch, left)
-        if self._replay is not None:
-            self._spill.release(self._replay)
-            self._replay = self._replay_iter = None
+            await asyncio.to_thread(self._drain.spill_batch, left)
+        self._drain.release_replay()
         await asyncio.to_thread(self._spill.close)
         self._hot_seqs.clear()  # closing fsync'd them
         if self._journal is not None:
@@ -287,7 +228,8 @@ class LedgerWriter:
                 self._drained.set()
                 if self._closing:
                     return
-            replaying = self._db_up and (self._replay is not None or self._replay_wanted)
+            drain = self._drain
+            replaying = drain.db_up and (drain.replaying or drain.replay_wanted)
             if len(queue) < self._batch and not (
                 self._closing or self._flush_requested or replaying
             ):
@@ -301,11 +243,12 @@ class LedgerWriter:
                 await self._cycle()
             except Exception:
                 # Never let the writer die: the records involved were spilled first.
-                self._failures += 1
+                self._drain.failures += 1
                 log.exception("ledger writer cycle failed")
                 await asyncio.sleep(self._interval)
 
     async def _cycle(self) -> None:
+        drain = self._drain
         now = time.monotonic()
         if self._hot_unsynced:
             self._hot_unsynced = False
@@ -317,22 +260,22 @@ class LedgerWriter:
                 self._busy_from = None
         if self._warned_full and len(self._queue) < self._max // 2:
             self._warned_full = False
-        if not self._db_up and now < self._retry_at:
+        if not drain.db_up and now < drain.retry_at:
             # Database down: keep memory small and records durable until the retry.
             batch = self._take(len(self._queue))
             if batch:
-                await self._handle(self._spill_batch, batch)
+                await self._handle(drain.spill_batch, batch)
             return
         # Drain what is queued (in batches), then do a slice of replay.
-        while self._queue and (self._db_up or time.monotonic() >= self._retry_at):
+        while self._queue and (drain.db_up or time.monotonic() >= drain.retry_at):
             batch = self._take(self._batch)
-            await self._handle(self._write_live, batch)
+            await self._handle(drain.write_live, batch)
             if len(self._queue) < self._batch and not (self._closing or self._flush_requested):
                 break
-        if (self._db_up or time.monotonic() >= self._retry_at) and (
-            self._replay is not None or self._replay_wanted or now >= self._next_orphan_scan
+        if (drain.db_up or time.monotonic() >= drain.retry_at) and (
+            drain.replaying or drain.replay_wanted or now >= drain.next_orphan_scan
         ):
-            await asyncio.to_thread(self._replay_some)
+            await asyncio.to_thread(drain.replay_some)
 
     def _take(self, n: int) -> list[LedgerRecord]:
         """Up to ``n`` records off the queue; the caller must hand them to :meth:`_handle`."""
@@ -355,9 +298,6 @@ class LedgerWriter:
         if self._journal is not None:
             self._journal.release(self.watermark())
 
-    def _journal_paths(self) -> set[Path]:
-        return self._journal.paths() if self._journal is not None else set()
-
     def watermark(self) -> int:
         """The lowest sequence number not yet durable outside the journal."""
         candidates = [self._seq]
@@ -369,177 +309,21 @@ class LedgerWriter:
             candidates.append(self._hot_seqs[0])
         return min(candidates)
 
-    # ------------------------------------------------------------------ worker thread
-
-    def _insert(self, batch: Sequence[LedgerRecord]) -> int:
-        if not self._schema_ready:
-            self._sink.migrate()
-            self._schema_ready = True
-        new = self._sink.insert(batch)
-        self._written += new
-        self._duplicates += len(batch) - new
-        return new
-
-    def _write_live(self, batch: list[LedgerRecord]) -> None:
-        try:
-            self._insert(batch)
-        except LedgerUnavailableError as exc:
-            self._mark_down(exc)
-            self._spill_batch(batch)
-            return
-        except LedgerRejectedError:
-            if not self._isolate(batch):
-                return
-        except Exception as exc:
-            # Unexpected (a bug, a driver oddity): keep the records, back off, retry.
-            log.exception("ledger write failed unexpectedly; spilling the batch")
-            self._mark_down(exc)
-            self._spill_batch(batch)
-            return
-        self._mark_up()
-
-    def _isolate(self, batch: list[LedgerRecord]) -> bool:
-        """Insert one by one, setting refused rows aside. False if the database went away."""
-        for i, rec in enumerate(batch):
-            try:
-                self._insert([rec])
-            except LedgerRejectedError as exc:
-                self._rejected += 1
-                log.error("ledger row refused", extra={"request_id": rec.request_id, "err": exc})
-                self._spill.reject(encode(rec))
-            except LedgerUnavailableError as exc:
-                self._mark_down(exc)
-                self._spill_batch(batch[i:])
-                return False
-        return True
-
-    def _spill_batch(self, batch: list[LedgerRecord]) -> None:
-        try:
-            self._spilled_bg += self._spill.append_durably(batch)
-        except OSError:
-            self._dropped_bg += len(batch)
-            log.exception("ledger records lost: spill file not writable")
-            return
-        self._replay_wanted = True
-
-    def _mark_down(self, exc: BaseException) -> None:
-        self._failures += 1
-        if self._db_up:
-            log.warning("ledger database unavailable; spilling", extra={"err": str(exc.__cause__)})
-        else:
-            self._backoff = min(self._backoff * 2, self._retry_max)
-        self._db_up = False
-        self._retry_at = time.monotonic() + self._backoff
-
-    def _mark_up(self) -> None:
-        if not self._db_up:
-            log.info("ledger database back; replaying the spill")
-        self._db_up = True
-        self._backoff = self._interval
-
-    def _replay_some(self) -> None:
-        if not self._db_up:
-            try:  # probe before touching the files
-                self._sink.ping()
-            except LedgerUnavailableError as exc:
-                self._mark_down(exc)
-                return
-            self._mark_up()
-        if self._replay is None and not self._open_next_replay():
-            return
-        assert self._replay is not None and self._replay_iter is not None
-        for _ in range(self._replay_batches):
-            batch = next(self._replay_iter, None)
-            if batch is None:
-                self._spill.finish(self._replay)
-                self._replay = self._replay_iter = None
-                self._replay_wanted = True  # look for the next file
-                return
-            try:
-                self._insert(batch)
-            except LedgerUnavailableError as exc:
-                self._abandon_replay()
-                self._mark_down(exc)
-                return
-            except LedgerRejectedError:
-                if not self._isolate(batch):
-                    # What was not inserted went to the open spill file; the rest of this
-                    # file is still on disk and will be replayed again (idempotently).
-                    self._abandon_replay()
-                    return
-            except Exception as exc:
-                # Keep the file (it is only removed once every batch went in) and retry.
-                log.exception("ledger replay failed unexpectedly")
-                self._abandon_replay()
-                self._mark_down(exc)
-                return
-            self._replayed += len(batch)
-
-    def _open_next_replay(self) -> bool:
-        self._replay_wanted = False
-        self._next_orphan_scan = time.monotonic() + self._orphan_scan_s
-        self._spill.seal()
-        for path in self._spill.pending(self._journal_paths()):
-            claimed = self._spill.claim(path)
-            if claimed is not None:
-                self._replay = claimed
-                self._replay_iter = claimed.batches(self._batch)
-                return True
-        return False
-
-    def _abandon_replay(self) -> None:
-        if self._replay is not None:
-            self._spill.release(self._replay)
-        self._replay = self._replay_iter = None
-        self._replay_wanted = True
-
     # ------------------------------------------------------------------ observability
 
     def stats(self) -> WriterStats:
+        drain = self._drain
         return WriterStats(
             queue_depth=len(self._queue),
             queue_capacity=self._max,
             accepted=self._accepted,
-            written=self._written,
-            duplicates=self._duplicates,
-            spilled=self._spilled_hot + self._spilled_bg,
-            replayed=self._replayed,
-            rejected=self._rejected,
-            dropped=self._dropped + self._dropped_bg,
-            failures=self._failures,
-            spill_pending_bytes=self._spill.pending_bytes(self._journal_paths()),
-            database_up=self._db_up,
+            written=drain.written,
+            duplicates=drain.duplicates,
+            spilled=self._spilled_hot + drain.spilled,
+            replayed=drain.replayed,
+            rejected=drain.rejected,
+            dropped=self._dropped + drain.dropped,
+            failures=drain.failures,
+            spill_pending_bytes=drain.spill_pending_bytes(),
+            database_up=drain.db_up,
         )
-
-
-class WriterCollector(Collector):
-    """Exports :meth:`LedgerWriter.stats` at scrape time (nothing on the request path)."""
-
-    def __init__(self, writer: LedgerWriter) -> None:
-        self._writer = writer
-
-    def collect(self) -> Iterator[Metric]:
-        s = self._writer.stats()
-        gauges = {
-            "queue_depth": ("Records waiting in the ledger writer's queue.", s.queue_depth),
-            "queue_capacity": ("Capacity of the ledger writer's queue.", s.queue_capacity),
-            "spill_pending_bytes": (
-                "Bytes of spilled ledger records waiting for replay.",
-                s.spill_pending_bytes,
-            ),
-            "database_up": ("1 if the last ledger write succeeded.", int(s.database_up)),
-        }
-        for name, (doc, value) in gauges.items():
-            yield GaugeMetricFamily(f"tollgate_ledger_{name}", doc, value=value)
-        counters = {
-            "records_accepted": ("Records handed to the ledger writer.", s.accepted),
-            "records_written": ("Records newly inserted in the ledger database.", s.written),
-            "records_duplicate": ("Records already present (idempotent skips).", s.duplicates),
-            "records_spilled": ("Records written to the spill file.", s.spilled),
-            "records_replayed": ("Records replayed from spill files.", s.replayed),
-            "records_rejected": ("Records the database refused (set aside).", s.rejected),
-            "records_dropped": ("Records lost (queue full and spill unwritable).", s.dropped),
-            "write_failures": ("Failed attempts to write to the ledger database.", s.failures),
-        }
-        for name, (doc, value) in counters.items():
-            yield CounterMetricFamily(f"tollgate_ledger_{name}", doc, value=value)

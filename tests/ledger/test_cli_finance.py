@@ -14,7 +14,11 @@ from typer.testing import CliRunner
 
 from gateway.cli_finance import register
 from gateway.config import Settings
-from gateway.ledger.reports import ReportQuery, Reports, format_usd, parse_when, to_csv
+from gateway.ledger.money import format_usd
+from gateway.ledger.periods import parse_when
+from gateway.ledger.report_format import to_csv
+from gateway.ledger.report_types import ReportQuery
+from gateway.ledger.reports import Reports
 from gateway.ledger.store import LedgerStore
 from gateway.pricing import PriceBook
 from tests.ledger.factories import make_record, records

@@ -17,7 +17,8 @@ from engines.standin import StandinProcess
 from gateway.cli_finance import register
 from gateway.config import Settings
 from gateway.ledger.dashboard import DashboardData, default_range, render
-from gateway.ledger.reports import Reports, format_usd
+from gateway.ledger.money import format_usd
+from gateway.ledger.reports import Reports
 from gateway.ledger.store import LedgerStore
 from tests.support import ADMIN_TOKEN, EngineSpec, gateway_config, serve_in_thread
 from tests.support.ledger import demo_records, make_record

@@ -12,18 +12,12 @@ from decimal import Decimal
 import orjson
 import pytest
 
+from gateway.ledger.money import format_usd, plain_usd
+from gateway.ledger.periods import parse_when, period_bounds
 from gateway.ledger.record import LedgerRecord
-from gateway.ledger.reports import (
-    ReportQuery,
-    Reports,
-    format_usd,
-    parse_when,
-    period_bounds,
-    plain_usd,
-    table_rows,
-    to_csv,
-    to_json,
-)
+from gateway.ledger.report_format import table_rows, to_csv, to_json
+from gateway.ledger.report_types import ReportQuery
+from gateway.ledger.reports import Reports
 from gateway.ledger.store import LedgerStore
 from tests.ledger.factories import make_record
 
