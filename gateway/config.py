@@ -49,8 +49,8 @@ class ServerSettings(_Section):
     #: Overload control, per worker (gateway/request/overload.py): past either limit a
     #: request gets 503 + Retry-After at once, before any quota or engine work.
     max_in_flight: int = Field(1024, ge=1)
-    #: Event-loop lag that means "saturated"; 0 turns the lag signal off.
-    max_loop_lag_ms: float = Field(50.0, ge=0)
+    #: Event-loop lag, sustained over 60 ms, that means "saturated"; 0 turns it off.
+    max_loop_lag_ms: float = Field(250.0, ge=0)
     #: Client limits (gateway/api/connections.py): a request's headers must arrive
     #: within header_timeout_s of its first byte and its body within body_timeout_s
     #: (else 408); a connection idle this long is closed; past max_connections a new

@@ -7,9 +7,10 @@ before authentication, quotas or an engine are touched, so the process keeps ser
 capacity. Two signals, both cheap to read per request:
 
 * **in flight**: requests between admission and their end (``server.max_in_flight``);
-* **event-loop lag**: how late a 20 ms timer fires (``server.max_loop_lag_ms``). A
-  saturated loop shows it first: requests then wait in the loop's queue before any
-  handler sees them, which an in-flight count cannot see.
+* **event-loop lag**: how late a 20 ms timer fires, sustained over three samples in a
+  row (``server.max_loop_lag_ms``). A saturated loop shows it first: requests then
+  wait in the loop's queue before any handler sees them, which an in-flight count
+  cannot see. One slow turn of the loop (a collection, a CPU steal) is not overload.
 """
 
 from __future__ import annotations
@@ -24,10 +25,13 @@ from gateway.metrics import Metrics
 class LoopLag:
     """Samples the event loop's lag: how much later than asked a short sleep returns."""
 
+    #: Samples the lag must exceed in a row (``window`` x ``interval_s``).
+    window = 3
+
     def __init__(self, metrics: Metrics, interval_s: float = 0.02) -> None:
         self._metrics = metrics
         self._interval = interval_s
-        #: The larger of the last two samples, in seconds.
+        #: The smallest of the last ``window`` samples, in seconds.
         self.lag = 0.0
         self._task: asyncio.Task[None] | None = None
 
@@ -41,14 +45,18 @@ class LoopLag:
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
-        previous = 0.0
+        recent = [0.0] * self.window
+        i = 0
         gauge = self._metrics.loop_lag
         while True:
             start = loop.time()
             await asyncio.sleep(self._interval)
             sample = max(0.0, loop.time() - start - self._interval)
-            self.lag = max(sample, previous)
-            previous = sample
+            recent[i] = sample
+            i = (i + 1) % self.window
+            # Sustained lag, not a spike: a garbage collection, a page fault or one CPU
+            # steal lags one sample; a saturated loop lags every one.
+            self.lag = min(recent)
             gauge.set(sample)
 
 

@@ -78,3 +78,26 @@ def test_past_max_in_flight_the_excess_is_refused_before_quota_or_engine(
     assert len(transport.requests) == 3  # the refused request never reached an engine
     # ...nor the quota: three requests were counted against the key's rpm, not four
     assert after.headers["x-ratelimit-remaining-requests"] == "97"
+
+
+def stall(seconds: float) -> None:
+    """Hold the event loop, as CPU-bound work does."""
+    time.sleep(seconds)
+
+
+async def test_one_slow_turn_of_the_loop_is_not_overload_but_a_saturated_loop_is() -> None:
+    lag = LoopLag(Metrics())
+    lag.start()
+    try:
+        await asyncio.sleep(0.1)
+        stall(0.15)  # one long stall (a collection, a CPU steal)
+        await asyncio.sleep(0.05)
+        assert lag.lag < 0.05
+        for _ in range(30):  # the loop stays busy: every turn is late
+            stall(0.06)
+            await asyncio.sleep(0)
+            if lag.lag > 0.03:
+                break
+        assert lag.lag > 0.03
+    finally:
+        await lag.stop()
