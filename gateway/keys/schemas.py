@@ -40,7 +40,11 @@ class LimitsIn(_Schema):
 
 
 def _check_metadata(value: dict[str, Any]) -> dict[str, Any]:
-    if len(orjson.dumps(value)) > _METADATA_MAX_BYTES:
+    try:
+        size = len(orjson.dumps(value))
+    except orjson.JSONEncodeError:  # a TypeError, which pydantic would not report as a 400
+        raise ValueError("must be JSON whose integers fit in 64 bits") from None
+    if size > _METADATA_MAX_BYTES:
         raise ValueError(f"must be at most {_METADATA_MAX_BYTES} bytes of JSON")
     return value
 
