@@ -90,7 +90,12 @@ def _query(group_by: list[str], start: str | None, end: str | None, **filters: A
         raise InvalidRequestError(str(exc), param="group_by") from None
 
 
-@router.get("/reports")
+@router.get(
+    "/reports",
+    responses={
+        200: {"content": {"application/json": {}, "text/csv": {"schema": {"type": "string"}}}}
+    },
+)
 async def reports(
     request: Request,
     group_by: Annotated[list[str], Query()] = [],  # noqa: B006 - FastAPI copies defaults

@@ -34,8 +34,8 @@ ERROR_TEXT = {
 
 
 def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """FastAPI ``responses=`` for these statuses, each with the error shape."""
-    return {s: {"model": ErrorResponse, "description": ERROR_TEXT[s]} for s in statuses}
+    """FastAPI ``responses=`` for these statuses, each with the error shape (JSON)."""
+    return {s: error_response(s) for s in statuses}
 
 
 def components(*models: type[BaseModel]) -> dict[str, Any]:

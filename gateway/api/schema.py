@@ -48,6 +48,20 @@ SECURITY_SCHEMES = {
         "description": "The dashboard's session cookie (GET and HEAD only).",
     },
 }
+#: One server-sent event of a stream (OpenAPI 3.1: ``schema`` describes each event).
+_SSE_EVENT = {
+    "type": "object",
+    "required": ["data"],
+    "properties": {
+        "data": {
+            "type": "string",
+            "description": "A JSON chunk; after a failure past the first byte, an error "
+            "object; the last event is `[DONE]`.",
+        },
+        "event": {"type": "string"},
+        "id": {"type": "string"},
+    },
+}
 _GENERATION: dict[Endpoint, tuple[type[BaseModel], type[BaseModel], bool]] = {
     Endpoint.CHAT: (ChatCompletionRequest, ChatCompletion, True),
     Endpoint.COMPLETIONS: (CompletionRequest, Completion, True),
@@ -58,8 +72,8 @@ _GENERATION: dict[Endpoint, tuple[type[BaseModel], type[BaseModel], bool]] = {
 def _generation(endpoint: Endpoint) -> tuple[dict[str, Any], dict[str, Any]]:
     request, response, streams = _GENERATION[endpoint]
     content: dict[str, Any] = {"application/json": {"schema": ref(response)}}
-    if streams:  # "stream": true answers server-sent events, ending with data: [DONE]
-        content["text/event-stream"] = {"schema": {"type": "string"}}
+    if streams:
+        content["text/event-stream"] = {"schema": _SSE_EVENT}
     failures = (400, 401, 403, 404, 413, 429, 502, 503, 504)
     operation = {
         "tags": ["openai"],
@@ -104,8 +118,9 @@ def build_openapi(*apps: FastAPI, version: str = "0.1.0") -> dict[str, Any]:
         summary="OpenAI-compatible gateway for vLLM engines: routing, quotas, cost ledger.",
         routes=[route for app in apps for route in app.routes],
     )
-    components = doc.setdefault("components", {})
-    schemas: dict[str, Any] = components.setdefault("schemas", {})
+    parts = doc.setdefault("components", {})
+    schemas: dict[str, Any] = parts.setdefault("schemas", {})
+    schemas.update(components(ErrorResponse))  # the routers' errors refer to it
     for name in ("HTTPValidationError", "ValidationError"):  # 422 is never answered
         schemas.pop(name, None)
     for path, item in doc["paths"].items():
@@ -115,7 +130,7 @@ def build_openapi(*apps: FastAPI, version: str = "0.1.0") -> dict[str, Any]:
         operation, needed = _generation(endpoint)
         schemas.update(needed)
         doc["paths"][endpoint.path] = {"post": operation}
-    components["securitySchemes"] = SECURITY_SCHEMES
+    parts["securitySchemes"] = SECURITY_SCHEMES
     return doc
 
 
