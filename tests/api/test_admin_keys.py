@@ -243,3 +243,12 @@ def test_metadata_with_an_integer_beyond_64_bits_is_a_400(admin: httpx.Client) -
         refused = admin.post(path, json={**body, **huge})
         assert refused.status_code == 400, refused.text
         assert "64 bits" in refused.json()["error"]["message"]
+
+
+def test_limits_beyond_the_database_integer_are_a_400(admin: httpx.Client) -> None:
+    """Found by the fuzzer: a tpm of 2**100 reached SQLite and overflowed, a 500."""
+    limits = {"limits": {"tpm": 2068204786294083996958068834304}}
+    for path, body in (("/keys", {"name": "big"}), ("/teams", {"name": "bigtpm"})):
+        refused = admin.post(path, json={**body, **limits})
+        assert refused.status_code == 400, refused.text
+        assert "limits.tpm" in refused.json()["error"]["message"]
