@@ -55,6 +55,10 @@ SCENARIOS: dict[str, Scenario] = {
         "upstream_clients", "Which HTTP client the gateway should use to reach engines",
         "upstream_clients.{md,json}",
     ),
+    "fuzz": Scenario(
+        "fuzz", "Does any input reach a 5xx, a stack trace or an undocumented answer?",
+        "fuzz.{md,json}",
+    ),
     "awq-quality": Scenario(
         "awq_quality", "Quality of the small tier's 4-bit model against bf16 (real engines)",
         "awq_quality.{md,json}",

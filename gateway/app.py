@@ -15,7 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.api import admin, admin_keys, admin_reports, health, openai
+from gateway.api import admin, admin_keys, admin_reports, health, openai, schema
 from gateway.auth import Authenticator, Limits, Principal, StaticKeyAuthenticator, key_prefix
 from gateway.config import Settings
 from gateway.errors import GatewayError, InternalError, InvalidRequestError, NotFoundError
@@ -236,6 +236,8 @@ def create_app(settings: Settings, **service_overrides: Any) -> openai.OpenAIRou
     app.state.admin_app = admin_app
     if admin_app is None:  # else /admin listens only on server.admin_port
         _include_admin(app)
+    served = (app,) if admin_app is None else (app, admin_app)
+    schema.serve_openapi(served[-1], *served)  # next to the admin API, behind its token
     return openai.OpenAIRoutes(app)
 
 

@@ -137,6 +137,78 @@ class Usage(OpenAIModel):
         return (d.cached_tokens or 0) if d is not None else 0
 
 
+# Responses. The gateway passes the engine's JSON through; these models document the
+# contract in the OpenAPI schema (gateway.api.schema) and are not used to re-serialise.
+
+
+class ChatChoice(OpenAIModel):
+    index: int
+    message: dict[str, Any]
+    finish_reason: str | None = None
+
+
+class ChatCompletion(OpenAIModel):
+    id: str
+    object: Literal["chat.completion"]
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage | None = None
+
+
+class CompletionChoice(OpenAIModel):
+    index: int
+    text: str
+    finish_reason: str | None = None
+
+
+class Completion(OpenAIModel):
+    id: str
+    object: Literal["text_completion"]
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage | None = None
+
+
+class Embedding(OpenAIModel):
+    object: Literal["embedding"]
+    index: int
+    embedding: list[float] | str
+
+
+class EmbeddingList(OpenAIModel):
+    object: Literal["list"]
+    data: list[Embedding]
+    model: str
+    usage: Usage | None = None
+
+
+class ModelCard(OpenAIModel):
+    id: str
+    object: Literal["model"]
+    created: int
+    owned_by: str
+
+
+class ModelList(OpenAIModel):
+    object: Literal["list"]
+    data: list[ModelCard]
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorResponse(BaseModel):
+    """Every error the gateway answers: ``{"error": {message, type, param, code}}``."""
+
+    error: ErrorDetail
+
+
 _MODELS: dict[Endpoint, type[OpenAIModel]] = {
     Endpoint.CHAT: ChatCompletionRequest,
     Endpoint.COMPLETIONS: CompletionRequest,

@@ -19,6 +19,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
 
+from gateway.api.docs import errors
 from gateway.auth import check_admin_token
 from gateway.errors import AuthenticationError
 from gateway.services import services
@@ -81,7 +82,12 @@ async def require_admin(request: Request) -> None:
 
 AdminAuth = Annotated[None, Depends(require_admin)]
 
-router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin)])
+router = APIRouter(
+    prefix="/admin",
+    tags=["admin"],
+    dependencies=[Depends(require_admin)],
+    responses=errors(401, 429),
+)
 
 
 @router.get("/engines")

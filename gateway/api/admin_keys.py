@@ -17,11 +17,17 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.responses import JSONResponse, Response
 
 from gateway.api.admin import require_admin
+from gateway.api.docs import errors, json_body
 from gateway.errors import InvalidRequestError, NotFoundError, ServiceUnavailableError
 from gateway.keys import KeyCreate, KeyRotate, KeyServices, KeyUpdate, TeamCreate, TeamUpdate
 from gateway.services import services
 
-router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin)])
+router = APIRouter(
+    prefix="/admin",
+    tags=["admin"],
+    dependencies=[Depends(require_admin)],
+    responses=errors(400, 401, 404, 409, 429, 503),
+)
 
 M = TypeVar("M", bound=BaseModel)
 R = TypeVar("R")
@@ -69,7 +75,7 @@ def _json(
 # ---------------------------------------------------------------------- keys
 
 
-@router.post("/keys")
+@router.post("/keys", status_code=201, openapi_extra=json_body(KeyCreate))
 async def create_key(request: Request) -> Response:
     keys = key_services(request)
     created = await run(keys.store.create_key, await parse(request, KeyCreate))
@@ -90,7 +96,7 @@ async def get_key(request: Request, key_id: str) -> Response:
     return _json(await run(key_services(request).store.get_key, key_id))
 
 
-@router.patch("/keys/{key_id}")
+@router.patch("/keys/{key_id}", openapi_extra=json_body(KeyUpdate))
 async def update_key(request: Request, key_id: str) -> Response:
     keys = key_services(request)
     info = await run(keys.store.update_key, key_id, await parse(request, KeyUpdate))
@@ -106,7 +112,7 @@ async def revoke_key(request: Request, key_id: str) -> Response:
     return _json(info)
 
 
-@router.post("/keys/{key_id}/rotate")
+@router.post("/keys/{key_id}/rotate", openapi_extra=json_body(KeyRotate, required=False))
 async def rotate_key(request: Request, key_id: str) -> Response:
     """New secret; ``{"grace_seconds": N}`` keeps the old one working N more seconds."""
     keys = key_services(request)
@@ -119,7 +125,7 @@ async def rotate_key(request: Request, key_id: str) -> Response:
 # ---------------------------------------------------------------------- teams
 
 
-@router.post("/teams")
+@router.post("/teams", status_code=201, openapi_extra=json_body(TeamCreate))
 async def create_team(request: Request) -> Response:
     keys = key_services(request)
     return _json(await run(keys.store.create_team, await parse(request, TeamCreate)), 201)
@@ -136,7 +142,7 @@ async def get_team(request: Request, name: str) -> Response:
     return _json(await run(key_services(request).store.get_team, name))
 
 
-@router.patch("/teams/{name}")
+@router.patch("/teams/{name}", openapi_extra=json_body(TeamUpdate))
 async def update_team(request: Request, name: str) -> Response:
     keys = key_services(request)
     info = await run(keys.store.update_team, name, await parse(request, TeamUpdate))
@@ -144,7 +150,7 @@ async def update_team(request: Request, name: str) -> Response:
     return _json(info)
 
 
-@router.delete("/teams/{name}")
+@router.delete("/teams/{name}", status_code=204)
 async def delete_team(request: Request, name: str) -> Response:
     keys = key_services(request)
     await run(keys.store.delete_team, name)

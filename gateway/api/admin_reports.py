@@ -28,6 +28,7 @@ from gateway.api.admin import (
     issue_session,
     require_admin,
 )
+from gateway.api.docs import errors
 from gateway.errors import (
     InvalidRequestError,
     NotFoundError,
@@ -43,9 +44,22 @@ from gateway.ledger.service import Ledger
 from gateway.services import services
 
 router = APIRouter(
-    prefix="/admin", tags=["admin", "finance"], dependencies=[Depends(require_admin)]
+    prefix="/admin",
+    tags=["admin", "finance"],
+    dependencies=[Depends(require_admin)],
+    responses=errors(400, 401, 404, 429, 503),
 )
 pages = APIRouter(prefix="/admin", tags=["admin", "finance"])
+_REDIRECT: dict[int | str, dict[str, Any]] = {
+    303: {"description": "To the dashboard or the login page."}
+}
+_HTML: dict[str, Any] = {"content": {"text/html": {}}}
+_LOGIN_REFUSED: dict[int | str, dict[str, Any]] = {
+    401: {"description": "A wrong token: the login page again.", **_HTML},
+    429: {"description": "Too many wrong tokens: the login page again.", **_HTML},
+}
+#: Pages answer a visit without credentials with the login form, not a 401.
+_OPEN: dict[str, Any] = {"security": [{"adminToken": []}, {"adminSession": []}, {}]}
 
 _LOGIN_BODY_MAX = 4096
 
@@ -78,7 +92,12 @@ def _query(group_by: list[str], start: str | None, end: str | None, **filters: A
         raise InvalidRequestError(str(exc), param="group_by") from None
 
 
-@router.get("/reports")
+@router.get(
+    "/reports",
+    responses={
+        200: {"content": {"application/json": {}, "text/csv": {"schema": {"type": "string"}}}}
+    },
+)
 async def reports(
     request: Request,
     group_by: Annotated[list[str], Query()] = [],  # noqa: B006 - FastAPI copies defaults
@@ -209,7 +228,12 @@ def _safe_next(value: str | None) -> str:
     return "/admin/dashboard"
 
 
-@pages.get("/dashboard", response_class=HTMLResponse)
+@pages.get(
+    "/dashboard",
+    response_class=HTMLResponse,
+    responses={**_REDIRECT, **_LOGIN_REFUSED, **errors(400, 503)},
+    openapi_extra=_OPEN,
+)
 async def dashboard(
     request: Request,
     start: str | None = None,
@@ -240,12 +264,17 @@ async def dashboard(
     return HTMLResponse(render(data), headers={"cache-control": "no-store"})
 
 
-@pages.get("/login", response_class=HTMLResponse)
+@pages.get("/login", response_class=HTMLResponse, openapi_extra={"security": []})
 async def login_form(request: Request, next: str | None = None) -> HTMLResponse:
     return HTMLResponse(login_page(next_path=_safe_next(next)))
 
 
-@pages.post("/login")
+@pages.post(
+    "/login",
+    response_class=HTMLResponse,
+    responses={**_REDIRECT, **_LOGIN_REFUSED, **errors(400)},
+    openapi_extra={"security": []},
+)
 async def login(request: Request) -> Response:
     body = b""
     async for chunk in request.stream():
@@ -261,7 +290,7 @@ async def login(request: Request) -> Response:
     return _with_session(request, RedirectResponse(target, status_code=303))
 
 
-@pages.get("/logout")
+@pages.get("/logout", responses=_REDIRECT, openapi_extra={"security": []})
 async def logout() -> Response:
     response = RedirectResponse("/admin/login", status_code=303)
     response.delete_cookie(SESSION_COOKIE, path="/admin")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 from prometheus_client import CONTENT_TYPE_LATEST
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 from gateway.services import services
 
@@ -24,7 +24,9 @@ async def health() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/health/ready")
+@router.get(
+    "/health/ready", responses={503: {"description": "Draining, or a model has no engine."}}
+)
 async def ready(request: Request) -> Response:
     svc = services(request)
     routing = svc.router
@@ -64,6 +66,6 @@ async def engines(request: Request) -> Response:
     return JSONResponse({"engines": rows, "healthy_by_tier": tiers})
 
 
-@router.get("/metrics")
+@router.get("/metrics", response_class=PlainTextResponse)
 async def metrics(request: Request) -> Response:
     return Response(services(request).metrics.render(), media_type=CONTENT_TYPE_LATEST)

@@ -18,6 +18,7 @@ from typing import Any
 from fastapi import APIRouter, FastAPI, Request
 from starlette.types import Receive, Scope, Send
 
+from gateway.api.docs import errors
 from gateway.auth import Principal, bearer_token
 from gateway.errors import (
     GatewayError,
@@ -28,7 +29,7 @@ from gateway.errors import (
     RequestTimeoutError,
     ServiceUnavailableError,
 )
-from gateway.protocol import Endpoint
+from gateway.protocol import Endpoint, ModelCard, ModelList
 from gateway.request.reply import Reply
 from gateway.services import Services, services
 
@@ -178,7 +179,7 @@ def _model_card(name: str, created: int) -> dict[str, object]:
     return {"id": name, "object": "model", "created": created, "owned_by": "tollgate"}
 
 
-@router.get("/models")
+@router.get("/models", responses={200: {"model": ModelList}, **errors(401, 503)})
 async def list_models(request: Request) -> dict[str, object]:
     svc = services(request)
     principal = await _authenticate(request)
@@ -192,7 +193,9 @@ async def list_models(request: Request) -> dict[str, object]:
     return {"object": "list", "data": data}
 
 
-@router.get("/models/{model_id:path}")
+@router.get(
+    "/models/{model_id:path}", responses={200: {"model": ModelCard}, **errors(401, 403, 404, 503)}
+)
 async def get_model(model_id: str, request: Request) -> dict[str, object]:
     svc = services(request)
     principal = await _authenticate(request)

@@ -28,19 +28,27 @@ class _Schema(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+_INT32_MAX = 2**31 - 1
+
+
 class LimitsIn(_Schema):
     """Limits as admins write them; ``null`` or absent means unlimited."""
 
-    rpm: int | None = Field(default=None, ge=0)
-    tpm: int | None = Field(default=None, ge=0)
-    concurrency: int | None = Field(default=None, ge=0)
+    # At most the database's INTEGER (32 bits in PostgreSQL), so a huge value is a 400.
+    rpm: int | None = Field(default=None, ge=0, le=_INT32_MAX)
+    tpm: int | None = Field(default=None, ge=0, le=_INT32_MAX)
+    concurrency: int | None = Field(default=None, ge=0, le=_INT32_MAX)
     budget_daily_usd: Decimal | None = Field(default=None, ge=0, max_digits=18, decimal_places=9)
     budget_monthly_usd: Decimal | None = Field(default=None, ge=0, max_digits=18, decimal_places=9)
     budget_total_usd: Decimal | None = Field(default=None, ge=0, max_digits=18, decimal_places=9)
 
 
 def _check_metadata(value: dict[str, Any]) -> dict[str, Any]:
-    if len(orjson.dumps(value)) > _METADATA_MAX_BYTES:
+    try:
+        size = len(orjson.dumps(value))
+    except orjson.JSONEncodeError:  # a TypeError, which pydantic would not report as a 400
+        raise ValueError("must be JSON whose integers fit in 64 bits") from None
+    if size > _METADATA_MAX_BYTES:
         raise ValueError(f"must be at most {_METADATA_MAX_BYTES} bytes of JSON")
     return value
 

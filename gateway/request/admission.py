@@ -44,6 +44,7 @@ class Admission:
         req = parse_request(ctx.endpoint, body, max_messages=s.max_messages, max_n=s.max_n)
         model = self._router.resolve(req.model)
         principal.check_model(model.name)
+        self._router.check_kind(model, ctx.endpoint is Endpoint.EMBEDDINGS)
         ctx.model = model
         if req.stream and ctx.endpoint is Endpoint.EMBEDDINGS:
             raise InvalidRequestError("Embeddings cannot be streamed.", param="stream")

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.config import ModelSettings, Settings
-from gateway.errors import EngineUnavailableError, NotFoundError
+from gateway.errors import EngineUnavailableError, InvalidRequestError, NotFoundError
 from gateway.routing.balancer import Balancer, prefix_hash
 from gateway.routing.features import Features, Policy
 from gateway.routing.health import Breakers
@@ -116,6 +116,19 @@ class Router:
                 param="model",
             )
         return model
+
+    def check_kind(self, model: ModelSettings, embeddings: bool) -> None:
+        """Refuse (400) an embeddings request for a generation model, or the reverse.
+
+        The config says which tiers serve embeddings, so such a request never goes to an
+        engine, whose 404 would read as a broken engine (502).
+        """
+        serves_embeddings = False if model.auto else self._kinds.get(model.tier or "")
+        if serves_embeddings is not None and serves_embeddings != embeddings:
+            what = "embeddings" if embeddings else "completions"
+            raise InvalidRequestError(
+                f"The model '{model.name}' does not serve {what}.", param="model"
+            )
 
     def prefix_hash(self, raw: Mapping[str, Any]) -> int:
         """The request's affinity key (0 when prefix affinity is off)."""

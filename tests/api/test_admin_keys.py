@@ -234,3 +234,21 @@ def test_bad_input_names_the_field(admin: httpx.Client) -> None:
 
 def test_quota_status(admin: httpx.Client) -> None:
     assert admin.get("/quotas/status").json()["backend"] == "local"
+
+
+def test_metadata_with_an_integer_beyond_64_bits_is_a_400(admin: httpx.Client) -> None:
+    """Found by the fuzzer: the size check's encoder raised a TypeError, a 500."""
+    huge = {"metadata": {"n": -3269514514147486203904}}
+    for path, body in (("/keys", {"name": "big"}), ("/teams", {"name": "bigteam"})):
+        refused = admin.post(path, json={**body, **huge})
+        assert refused.status_code == 400, refused.text
+        assert "64 bits" in refused.json()["error"]["message"]
+
+
+def test_limits_beyond_the_database_integer_are_a_400(admin: httpx.Client) -> None:
+    """Found by the fuzzer: a tpm of 2**100 reached SQLite and overflowed, a 500."""
+    limits = {"limits": {"tpm": 2068204786294083996958068834304}}
+    for path, body in (("/keys", {"name": "big"}), ("/teams", {"name": "bigtpm"})):
+        refused = admin.post(path, json={**body, **limits})
+        assert refused.status_code == 400, refused.text
+        assert "limits.tpm" in refused.json()["error"]["message"]

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from gateway.config import ConfigError, Settings
-from gateway.errors import EngineUnavailableError
+from gateway.errors import EngineUnavailableError, InvalidRequestError
 from gateway.routing.health import Breakers
 from gateway.routing.pool import EnginePool
 from gateway.routing.router import Router
@@ -69,6 +69,19 @@ def test_embedding_tier_is_not_a_fallback_for_generation() -> None:
     assert names(r.decide(r.resolve("small"), features())) == ["s", "l"]
     assert names(r.decide(r.resolve("embed"), features())) == ["e"]
     assert r.reachable_tiers(r.resolve("auto")) == ["small", "large"]
+
+
+def test_a_request_of_the_wrong_kind_is_a_400_before_any_engine() -> None:
+    s = make_settings(
+        [engine("s", "small"), engine("l", "large"), engine("e", "embed", embeddings=True)]
+    )
+    r, _, _ = router(s)
+    for name, embeddings in (("small", True), ("auto", True), ("embed", False)):
+        with pytest.raises(InvalidRequestError, match="does not serve") as refused:
+            r.check_kind(r.resolve(name), embeddings)
+        assert refused.value.param == "model"
+    r.check_kind(r.resolve("small"), False)
+    r.check_kind(r.resolve("embed"), True)
 
 
 def canary_settings(**rollout: Any) -> Settings:
