@@ -26,12 +26,13 @@ import argparse
 import contextlib
 import math
 import os
+import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import uvloop
 
@@ -197,11 +198,26 @@ def measure_loads(
     return out
 
 
+#: How a gateway fails to start or stop on a starved machine (its health check times out).
+GATEWAY_FAILURES = (TimeoutError, OSError, RuntimeError, subprocess.SubprocessError)
+T = TypeVar("T")
+
+
+def twice(what: str, step: Callable[[], T]) -> T:
+    """Run ``step``; once more if its gateway failed to start or stop."""
+    try:
+        return step()
+    except GATEWAY_FAILURES as exc:
+        print(f"   {what}: {type(exc).__name__}: {exc}; once more", flush=True)
+        return step()
+
+
 def run(cfg: Config) -> dict[str, Any]:
     started = time.time()
     if machine.can_pin():
         os.sched_setaffinity(0, {1})
     sweep: list[dict[str, Any]] = []
+    skipped: list[dict[str, Any]] = []
     with (
         tempfile.TemporaryDirectory(prefix="tollgate-overload-") as tmp,
         engine_process("raw", cfg.tokens) as engine,
@@ -209,16 +225,23 @@ def run(cfg: Config) -> dict[str, Any]:
     ):
         bench = Bench(cfg, Path(tmp), engine, side)
         print("== capacity: ramp with the overload control off", flush=True)
-        capacity = measure_capacity(bench, cfg)
+        capacity = twice("capacity", lambda: measure_capacity(bench, cfg))
         print(f"== loads with max_in_flight {cfg.max_in_flight}, max_loop_lag_ms "
               f"{cfg.max_loop_lag_ms:g}", flush=True)  # fmt: skip
-        loads = measure_loads(bench, cfg.settings, capacity, LOADS, cfg.duration)
+        loads = twice(
+            "loads", lambda: measure_loads(bench, cfg.settings, capacity, LOADS, cfg.duration)
+        )
         verdicts = judge(loads)
         if cfg.sweeps(any(v["met"] is False for v in verdicts)):
             for mif, lag in SWEEP:
                 server = {"max_in_flight": mif, "max_loop_lag_ms": lag}
                 print(f"== sweep: max_in_flight {mif}, max_loop_lag_ms {lag:g}", flush=True)
-                got = measure_loads(bench, server, capacity, SWEEP_LOADS, cfg.sweep_duration)
+                try:
+                    got = measure_loads(bench, server, capacity, SWEEP_LOADS, cfg.sweep_duration)
+                except GATEWAY_FAILURES as exc:
+                    skipped.append({"settings": server, "why": f"{type(exc).__name__}: {exc}"})
+                    print(f"   skipped: {exc}", flush=True)
+                    continue
                 sweep.append({"settings": server, "loads": got, "verdicts": judge(got)})
         meter = metering_check(side)
     data: dict[str, Any] = {
@@ -230,6 +253,7 @@ def run(cfg: Config) -> dict[str, Any]:
         "loads": loads,
         "verdicts": verdicts,
         "sweep": sweep,
+        "sweep_skipped": skipped,
         "best": pick_best(cfg.settings, loads, sweep),
         "metering_check": meter,
         "elapsed_s": round(time.time() - started, 1),

@@ -285,6 +285,8 @@ def sweep_section(data: dict[str, Any]) -> list[str]:
                      "accepted p99 ms", "accepted, timed out", "targets met (of 6)"],
                     rows, "lllrrrrr")  # fmt: skip
     out += ["", f"Best: {_pair(best['settings'])}."]
+    for s in data.get("sweep_skipped") or []:
+        out += ["", f"Skipped {_pair(s['settings'])}: its gateway failed ({s['why'][:200]})."]
     return out
 
 
