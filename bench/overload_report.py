@@ -20,6 +20,8 @@ GOODPUT_SHARE = 0.9
 #: What the overload control answers with.
 REFUSAL = "503 gateway_overloaded"
 REFUSAL_P99_MS = 5.0
+#: A phase's rate was offered when this share of it was sent (and send lag p99 <= 20 ms).
+SCHEDULE_HELD = 0.97
 #: Other processes using more than this many cores make the figures noisy.
 QUIET_CORES = 0.3
 
@@ -303,10 +305,26 @@ def checks(data: dict[str, Any]) -> list[str]:
         f"Load generator send lag p99: at most {lag:.2f} ms over all phases. Other processes "
         f"on the machine used at most {foreign:.2f} cores in a phase.",
     ]
+    behind = [
+        f"{kind} {p['load']:g}x (sent {p['sent_rps']:g} of {p['rate']:g}/s, send lag p99 "
+        f"{md.num(p['send_lag_p99_ms'], 0)} ms)"
+        for kind, ps in data["loads"].items() for p in ps if not kept_schedule(p)
+    ]  # fmt: skip
+    if behind:
+        out += ["", "**The load generator fell behind** at " + "; ".join(behind) + ". It "
+                "shares core 1 with the engine, Redis and PostgreSQL; requests it sent late "
+                "are charged from their intended time, so in these rows refusal and accepted "
+                "latency, time-outs and connection errors measure the rig as much as the "
+                "gateway. Only the loads it kept to schedule judge the control."]  # fmt: skip
     if foreign > QUIET_CORES:
         out += ["", f"**Not quiet**: other processes used up to {foreign:.2f} cores in a "
                 "phase; the figures are noisier than on an idle machine."]  # fmt: skip
     return out
+
+
+def kept_schedule(p: dict[str, Any]) -> bool:
+    """Whether the load generator sent the phase's rate on time (within 3% and 20 ms p99)."""
+    return p["sent_rps"] >= SCHEDULE_HELD * p["rate"] and (p["send_lag_p99_ms"] or 0) <= 20.0
 
 
 def plot(data: dict[str, Any], path: Path) -> None:
