@@ -28,6 +28,10 @@ SCENARIOS: dict[str, Scenario] = {
         "metered, beside the engine directly and vllm-router (issue 12)",
         "throughput.{md,json,png}",
     ),
+    "overload": Scenario(
+        "overload", "Goodput and refusal latency of one worker at 1x-4x its capacity, "
+        "with the overload control on (issue 13)", "overload.{md,json,png}",
+    ),
     "overhead": Scenario(
         "overhead",
         "Latency the gateway adds over the engine directly at 300/s, per option",

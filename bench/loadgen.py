@@ -213,6 +213,11 @@ class PhaseResult:
     new_connections: int
     wall_s: float
     cpu: dict[str, float] = field(default_factory=dict)
+    #: HTTP status per request (0: no response); ``done`` is set for every answer.
+    status: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int16))
+    #: Each answer other than 200, by request: ``"<status> <OpenAI error code>"``, e.g.
+    #: ``"503 gateway_overloaded"`` (the code read from the body's tail).
+    codes: dict[int, str] = field(default_factory=dict)
 
     @property
     def start(self) -> np.ndarray:
@@ -263,8 +268,10 @@ class _Run:
         self.first = [0.0] * n
         self.done = [0.0] * n
         self.ok = [False] * n
+        self.status = [0] * n
         self.finished = 0
         self.errors: dict[str, int] = {}
+        self.codes: dict[int, str] = {}
         self.all_done = asyncio.Event()
         self.scheduled_all = False
         self.pending_connects: set[asyncio.Task[None]] = set()
@@ -295,13 +302,17 @@ class _Run:
 
     def complete(self, index: int, conn: Connection, ok: bool, why: str) -> None:
         self.in_flight.pop(index, None)
+        self.done[index] = conn.done
         if ok:
             self.first[index] = conn.first
-            self.done[index] = conn.done
             self.ok[index] = True
+            self.status[index] = 200
             self.window.append(conn.done - min(self.intended[index], self.sent[index]))
         else:
             self.errors[why] = self.errors.get(why, 0) + 1
+            if conn.done:  # an answer, not a lost connection
+                self.status[index] = conn.status
+                self.codes[index] = f"{conn.status} {error_code(conn.tail)}"
         self._count()
 
     def _record_failure(self, index: int, why: str) -> None:
@@ -387,7 +398,18 @@ async def open_loop(
         errors=dict(run.errors),
         new_connections=pool.opened - opened_before,
         wall_s=wall,
+        status=np.array(run.status, dtype=np.int16),
+        codes=run.codes,
     )
+
+
+def error_code(tail: bytes) -> str:
+    """The ``"code"`` of an OpenAI error body from its last bytes (it comes last), or ``-``."""
+    at = tail.rfind(b'"code":')
+    if at < 0:
+        return "-"
+    value = tail[at + 7 :].lstrip().split(b"}", 1)[0].strip().strip(b'"')
+    return value.decode("ascii", "replace") or "-"
 
 
 async def _tick(run: _Run, start: float, progress: Progress) -> None:

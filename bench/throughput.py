@@ -141,8 +141,15 @@ def _postmaster(pg: PostgresCluster) -> int:
 
 @contextlib.contextmanager
 def target(
-    name: str, cfg: Config, engine_port: int, workdir: Path, side: dict[str, Any]
+    name: str,
+    cfg: Config,
+    engine_port: int,
+    workdir: Path,
+    side: dict[str, Any],
+    server: dict[str, Any] | None = None,
 ) -> Iterator[Running]:
+    """Start ``name`` (direct, vllm-router, tollgate, tollgate x2); ``server``: more
+    settings of the gateway's ``server`` section."""
     engine_url = f"http://{HOST}:{engine_port}"
     if name == "direct":
         yield Running(name, engine_port, ENGINE_MODEL, None)
@@ -160,7 +167,7 @@ def target(
         tdir = workdir / name.replace(" ", "")
         tdir.mkdir(parents=True, exist_ok=True)
         gw = gateway_config(tdir, engine_url, {
-            "server": {"workers": workers},
+            "server": {"workers": workers, **(server or {})},
             "quotas": {"backend": "redis", "redis_url": side["redis_url"]},
             "ledger": {"enabled": True, "url": side["ledger_url"]},
         })  # fmt: skip
