@@ -31,7 +31,7 @@ from engines.plan import arg
 from engines.prepare import Preparer
 from engines.profiles import load_profile
 from engines.runner import ConsoleRunner
-from engines.standin_faults import StandinProcess
+from engines.standin.process import StandinProcess
 
 
 def test_scaled_args_keep_the_production_flags_that_fit_smollm2() -> None:

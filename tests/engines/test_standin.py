@@ -19,17 +19,13 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
-from engines.standin import (
-    StandinConfig,
-    StandinEngine,
-    StandinProcess,
-    count_prompt_tokens,
-    create_app,
-    embedding_for,
-    main,
-    run_standin,
-)
-from engines.standin_faults import NO_FAULT, Fault, FaultInjector
+from engines.standin.app import create_app
+from engines.standin.cli import main
+from engines.standin.config import StandinConfig
+from engines.standin.engine import StandinEngine
+from engines.standin.faults import NO_FAULT, Fault, FaultInjector
+from engines.standin.parsing import count_prompt_tokens, embedding_for
+from engines.standin.process import StandinProcess, run_standin
 
 MODEL = "standin-test"
 MESSAGES: list[ChatCompletionMessageParam] = [

@@ -7,7 +7,7 @@ import httpx
 import openai
 import pytest
 
-from engines.standin import StandinProcess
+from engines.standin.process import StandinProcess
 from gateway.config import Settings
 from tests.support import CLIENT_KEY, EngineSpec, RunningGateway, gateway_config, serve_in_thread
 

@@ -19,7 +19,7 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
-from engines.standin import StandinProcess
+from engines.standin.process import StandinProcess
 from gateway.auth import Principal
 from gateway.config import Settings
 from gateway.errors import QuotaExceededError
