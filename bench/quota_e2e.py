@@ -96,7 +96,7 @@ async def _paired(cfg: Config, quick: bool, cpus: dict[str, set[int] | None]) ->
     from bench.loadgen import ConnectionPool, Target, open_loop
     from bench.rig import ENGINE_MODEL, gateway_config
     from bench.summary import added
-    from engines.standin import StandinProcess
+    from engines.standin.process import StandinProcess
     from tests.support import CLIENT_KEY, GatewayProcess
     from tests.support import write_config as write_gateway_config
 

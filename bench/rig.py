@@ -11,7 +11,7 @@ from typing import Any
 
 from bench import machine
 from bench.overhead_config import BenchConfig, Variant
-from engines.standin import StandinProcess
+from engines.standin.process import StandinProcess
 
 HOST = "127.0.0.1"
 ENGINE_MODEL = "standin-bench"

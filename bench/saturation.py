@@ -38,7 +38,7 @@ import httpx
 from bench import plots, results
 from bench.routing_bench import write_report
 from bench.stats import percentiles
-from engines.standin import StandinProcess
+from engines.standin.process import StandinProcess
 from tests import support
 
 KEY = "tg-bench-saturation-key-01"

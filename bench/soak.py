@@ -35,7 +35,7 @@ import httpx
 
 from bench import machine, plots, results
 from bench import markdown as md
-from engines.standin import StandinProcess
+from engines.standin.process import StandinProcess
 
 RESULTS = results.RESULTS
 MSGS = [{"role": "user", "content": "say something about the sea"}]

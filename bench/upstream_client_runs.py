@@ -17,7 +17,7 @@ from bench import machine, results
 from bench.stats import percentiles
 from bench.upstream_client_factories import FACTORIES, MODEL, MODES, Call, available_clients
 from bench.upstream_client_report import recommend, summarize, transport_savings
-from engines.standin import StandinProcess
+from engines.standin.process import StandinProcess
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from engines.standin import StandinProcess
+from engines.standin.process import StandinProcess
 
 
 @pytest.fixture(scope="session")

@@ -19,25 +19,20 @@ seed marker and the gateway puts the day, month and total spend back from the le
 (:meth:`RedisQuotaStore.seed`). Rate windows and holds in flight start again from zero
 then.
 
-Calls go over one multiplexed connection (:mod:`gateway.quotas.link`: why not
-redis-py's pool is measured there), found through Sentinel
-(:mod:`gateway.quotas.sentinel`) or one per Cluster primary
-(:mod:`gateway.quotas.cluster`) as the URL says. Scripts are called by SHA and loaded
-again when Redis lost them (a restart, a promoted replica). Link errors and error
-replies are translated here, at one boundary, into :class:`QuotaStoreUnavailable`; the
-failure policy lives in :mod:`gateway.quotas.fallback`.
+Round trips, the connection and the one translation of Redis failures into
+:class:`QuotaStoreUnavailable` are :mod:`gateway.quotas.redis_calls`; the failure
+policy lives in :mod:`gateway.quotas.fallback`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from gateway.auth import Principal
 from gateway.config import QuotaSettings
-from gateway.errors import QuotaStoreUnavailable
 from gateway.quotas.base import Demand, Reservation
 from gateway.quotas.cluster import ClusterLink
 from gateway.quotas.layout import (
@@ -59,39 +54,11 @@ from gateway.quotas.limits import (
     snapshot,
     too_large,
 )
-from gateway.quotas.link import LinkError, RedisLink, ReplyError
-from gateway.quotas.sentinel import SentinelLink
+from gateway.quotas.redis_calls import Link, RedisCalls, first_error, make_link
 from gateway.quotas.spend import ScopeSpend, SpendSource, spend_by_scope
-from gateway.quotas.urls import ClusterTarget, SentinelTarget, parse_url
-
-#: The connection: one Redis (standalone, or found through Sentinel), or a Cluster.
-Link = RedisLink | ClusterLink
-
 
 #: Plans kept per store (one per principal object the authenticator caches).
 _PLANS_MAX = 4096
-
-
-def make_link(settings: QuotaSettings) -> Link:
-    """One multiplexed connection (per primary, on a Cluster) with a short timeout and
-    no retries: the breaker decides what to do. The URL's form picks the kind.
-
-    Connecting gets a longer allowance than a command: on a busy host a handshake can
-    be slow without Redis being unwell, and a Redis that is down refuses at once anyway.
-    """
-    assert settings.redis_url is not None
-    t = settings.redis_timeout_s
-    target = parse_url(settings.redis_url.get_secret_value())
-    kw: dict[str, Any] = {
-        "timeout_s": t,
-        "connect_timeout_s": max(1.0, 4 * t),
-        "max_in_flight": settings.redis_max_in_flight,
-    }
-    if isinstance(target, SentinelTarget):
-        return SentinelLink(target, **kw)
-    if isinstance(target, ClusterTarget):
-        return ClusterLink(target, **kw)
-    return RedisLink(target, **kw)
 
 
 class RedisQuotaStore:
@@ -106,15 +73,13 @@ class RedisQuotaStore:
     ) -> None:
         self._link = link if link is not None else make_link(settings)
         self._cluster = self._link if isinstance(self._link, ClusterLink) else None
-        #: Replicas that must confirm each batch (``WAIT``; Sentinel's ``wait_replicas``).
-        self._wait = self._link.wait_replicas
-        self._wait_ms = max(1, int(settings.redis_timeout_s * 500))
         #: Redis Cluster: scopes whose seed marker was found missing (see :meth:`seed`).
         self._unseeded: set[str] = set()
         self._prefix = settings.redis_prefix
         self._ttl_ms = int(settings.reservation_ttl_s * 1000)
         self._clock = clock
         self._scripts = Scripts(self._prefix, self._ttl_ms, cluster=self._cluster is not None)
+        self._calls = RedisCalls(self._link, self._scripts, timeout_s=settings.redis_timeout_s)
         #: Set when a reservation found the seed marker missing (see :meth:`seed`).
         self.needs_seed = False
         #: id(principal) -> (principal, plan). The authenticator hands out the same
@@ -127,7 +92,7 @@ class RedisQuotaStore:
 
     async def ping(self) -> None:
         """Check the connection and load the scripts (so a burst finds them cached)."""
-        await self._call([("SCRIPT", "LOAD", text) for text in self._scripts.texts.values()])
+        await self._calls.ping()
 
     def windows(self) -> Windows:
         return Windows.at(self._clock())
@@ -178,7 +143,7 @@ class RedisQuotaStore:
             commands.append(self._scripts.command("reserve", args, plan.groups[0][1]))
         else:
             commands.append(self._scripts.command("reserve", args))
-        raw = (await self._eval(commands))[-1]
+        raw = (await self._calls.eval(commands))[-1]
         reply = [int(x) for x in raw.split()]
         if not reply.pop():
             self.needs_seed = True
@@ -216,7 +181,7 @@ class RedisQuotaStore:
         for ix, markers in plan.groups:
             scope_args = [a for i in ix for a in plan.args[2 * i : 2 * i + 2]]
             commands.append(self._scripts.command("reserve", [*head, *scope_args], markers))
-        raws = (await self._eval(commands))[-len(plan.groups) :]
+        raws = (await self._calls.eval(commands))[-len(plan.groups) :]
         states: list[ScopeState] = [ScopeState()] * len(plan.scopes)
         admitted: list[tuple[int, ...]] = []
         refused: tuple[int, int] | None = None
@@ -247,7 +212,7 @@ class RedisQuotaStore:
         if admitted:
             ids = tuple(plan.ids[i] for ix in admitted for i in ix)
             cancel = SettleOp(hold_id, ids, Demand(0, 0), True, w.day, w.month, cancel=True)
-            await self._eval(self._scripts.settle(cancel))
+            await self._calls.eval(self._scripts.settle(cancel))
         index, kind = refused
         snap = snapshot(scopes, states, w)
         raise refusal(scopes[index], KINDS[kind], states[index], demand, w, snap)
@@ -282,13 +247,13 @@ class RedisQuotaStore:
     async def settle_many(self, ops: Sequence[SettleOp]) -> None:
         """Run settlements in one round trip. Idempotent by hold id: safe to replay."""
         if ops:
-            await self._eval([c for op in ops for c in self._scripts.settle(op)])
+            await self._calls.eval([c for op in ops for c in self._scripts.settle(op)])
 
     def settle_now(self, op: SettleOp) -> asyncio.Future[Any] | None:
         """Write the settlement at once and return its reply's future, or None when the
         link is not connected. The caller checks the reply (an error reply comes in
         place, a NOSCRIPT among them) and falls back to :meth:`settle_many`."""
-        if self._wait:
+        if self._calls.wait:
             return None  # confirmed by replicas only through the queue's path (WAIT)
         commands = self._scripts.settle(op)
         futs = self._link.send_now(commands)
@@ -296,7 +261,7 @@ class RedisQuotaStore:
             return None
         if len(futs) == 1:
             return futs[0]
-        return _first_error(futs)
+        return first_error(futs)
 
     # ------------------------------------------------------------------ seeding
 
@@ -307,12 +272,12 @@ class RedisQuotaStore:
         the scopes that reservations found unseeded."""
         if self._cluster is not None:
             pending = sorted(self._unseeded)
-            found = await self._call([("EXISTS", self._scripts.marker(i)) for i in pending])
+            found = await self._calls.call([("EXISTS", self._scripts.marker(i)) for i in pending])
             self._unseeded.difference_update(i for i, f in zip(pending, found, strict=True) if f)
             if not self._unseeded:
                 self.needs_seed = False
             return not self._unseeded
-        (found,) = await self._call([("EXISTS", f"{self._prefix}seeded")])
+        (found,) = await self._calls.call([("EXISTS", f"{self._prefix}seeded")])
         if found:
             self.needs_seed = False
         return bool(found)
@@ -330,7 +295,7 @@ class RedisQuotaStore:
         if self._cluster is not None:  # each unseeded scope on its own, under its marker
             pending = sorted(self._unseeded)
             none = ScopeSpend()
-            results = await self._eval(
+            results = await self._calls.eval(
                 [
                     self._scripts.command(
                         "seed",
@@ -346,7 +311,7 @@ class RedisQuotaStore:
         args = list(head)
         for scope_id, s in spend.items():
             args += [scope_id, s.day, s.month, s.total]
-        (seeded,) = await self._eval([self._scripts.command("seed", args)])
+        (seeded,) = await self._calls.eval([self._scripts.command("seed", args)])
         self.needs_seed = False
         return bool(seeded)
 
@@ -363,9 +328,10 @@ class RedisQuotaStore:
             for suffix in (f"sd:{w.day}", f"sm:{w.month}", "st")
         ]
         if self._cluster is None:
-            (values,) = await self._call([("MGET", *keys)])
+            (values,) = await self._calls.call([("MGET", *keys)])
         else:  # one MGET per scope: each scope's keys share its slot
-            parts = await self._call([("MGET", *keys[i : i + 3]) for i in range(0, len(keys), 3)])
+            mgets = [("MGET", *keys[i : i + 3]) for i in range(0, len(keys), 3)]
+            parts = await self._calls.call(mgets)
             values = [v for part in parts for v in part]
         states = [
             ScopeState(
@@ -387,13 +353,13 @@ class RedisQuotaStore:
         label, tag, pos = (w.day, "sd", 3) if period == "day" else (w.month, "sm", 4)
         out: dict[str, int] = {}
         pattern = f"{self._prefix}{{k:*}}:{tag}:{label}"
-        async for raw in self._scan(pattern):
+        async for raw in self._calls.scan(pattern):
             name = raw.decode() if isinstance(raw, bytes) else str(raw)
             key_id = name[len(self._prefix) + 3 : name.index("}:")]
             holds_key = self._scripts.key(f"k:{key_id}", "holds")
 
             # One transaction, so the spend and the holds are read at the same moment.
-            *_, (value, holds) = await self._call(
+            *_, (value, holds) = await self._calls.call(
                 [("MULTI",), ("GET", name), ("HVALS", holds_key), ("EXEC",)]
             )
             held = 0
@@ -406,102 +372,5 @@ class RedisQuotaStore:
                 out[key_id] = spent
         return out
 
-    async def _scan(self, pattern: str) -> AsyncIterator[Any]:
-        nodes: list[RedisLink | None] = [None]
-        if self._cluster is not None:
-            await self._cluster.refresh()
-            nodes = list(self._cluster.primaries())  # every primary holds a share
-        for node in nodes:
-            cursor = 0
-            while True:
-                command = ("SCAN", cursor, "MATCH", pattern, "COUNT", 500)
-                ((cursor_raw, names),) = await self._call([command], node=node)
-                cursor = int(cursor_raw)
-                for name in names:
-                    yield name
-                if not cursor:
-                    break
-
     async def aclose(self) -> None:
         await self._link.aclose()
-
-    # ------------------------------------------------------------------ plumbing
-
-    async def _eval(self, commands: list[Command]) -> list[Any]:
-        """EVALSHA the scripts in one round trip; load them once if Redis lost them."""
-        results = await self._call(commands, errors_in_place=True)
-        errors = [r for r in results if isinstance(r, ReplyError)]
-        if not errors:
-            return results
-        self._link.note_errors(errors)
-        missing = [i for i, r in enumerate(results) if _noscript(r)]
-        if missing:
-            # Only the calls refused by NOSCRIPT go again: they never ran. The others
-            # did (on a Cluster, a new primary may lack the scripts while the other
-            # slots' primaries ran theirs), and a reservation must not run twice.
-            await self.ping()
-            again = await self._call([commands[i] for i in missing], errors_in_place=True)
-            for i, reply in zip(missing, again, strict=True):
-                results[i] = reply
-            errors = [r for r in results if isinstance(r, ReplyError)]
-        if errors:
-            self._link.note_errors(errors)
-            raise QuotaStoreUnavailable("The quota store failed.") from errors[0]
-        return results
-
-    async def _call(
-        self,
-        commands: Sequence[Sequence[Any]],
-        *,
-        errors_in_place: bool = False,
-        node: RedisLink | None = None,
-    ) -> list[Any]:
-        """Commands in one round trip (to ``node``, one Cluster primary, if given). Link
-        failures, writes the replicas did not confirm (``wait_replicas``) and (unless
-        ``errors_in_place``) error replies become :class:`QuotaStoreUnavailable`: the
-        one translation point. Error replies saying the primary moved drop the
-        connection, so the next call finds the new one (the caller reports those it
-        keeps in place: :meth:`_eval`)."""
-        link = self._link if node is None else node
-        if self._wait:
-            commands = [*commands, ("WAIT", self._wait, self._wait_ms)]
-        try:
-            results = await link.call_many(commands)
-        except LinkError as exc:
-            raise QuotaStoreUnavailable("The quota store is unreachable.") from exc
-        if self._wait:
-            acked = results.pop()
-            if not isinstance(acked, int) or acked < self._wait:
-                raise QuotaStoreUnavailable("The quota store's replicas did not confirm.")
-        if not errors_in_place:
-            errors = [r for r in results if isinstance(r, ReplyError)]
-            if errors:
-                self._link.note_errors(errors)
-                raise QuotaStoreUnavailable("The quota store failed.") from errors[0]
-        return results
-
-
-def _noscript(reply: Any) -> bool:
-    return isinstance(reply, ReplyError) and reply.code == "NOSCRIPT"
-
-
-def _first_error(futs: list[asyncio.Future[Any]]) -> asyncio.Future[Any]:
-    """One future for several replies: the first error reply, else the last reply."""
-    out: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-
-    def done(_: asyncio.Future[Any]) -> None:
-        if out.done() or not all(f.done() for f in futs):
-            return
-        for f in futs:
-            if f.cancelled() or f.exception() is not None or isinstance(f.result(), ReplyError):
-                if f.cancelled():
-                    out.cancel()
-                else:
-                    exc = f.exception()
-                    out.set_result(f.result()) if exc is None else out.set_exception(exc)
-                return
-        out.set_result(futs[-1].result())
-
-    for f in futs:
-        f.add_done_callback(done)
-    return out

@@ -11,7 +11,7 @@ import httpx
 import openai
 import pytest
 
-from engines.standin import StandinProcess
+from engines.standin.process import StandinProcess
 from gateway.config import Settings
 from gateway.db import make_engine
 from gateway.keys import KeyStore

@@ -12,7 +12,7 @@ import httpx
 import openai
 import pytest
 
-from engines.standin import StandinProcess
+from engines.standin.process import StandinProcess
 from gateway.api.admin import SESSION_COOKIE, issue_session
 from gateway.config import Settings
 from tests.support import (

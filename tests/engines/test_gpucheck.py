@@ -15,23 +15,21 @@ from rich.console import Console
 
 from engines.cache import CacheLayout
 from engines.cpu import CpuInfo
-from engines.gpucheck import (
+from engines.gpucheck import parse, run
+from engines.gpucheck_engines import (
     CudaVllm,
     check_profile,
-    closed_loop,
-    kernels,
     models_profile,
-    parse,
-    report,
-    run,
     scaled_args,
     served_on_gpu,
 )
+from engines.gpucheck_report import kernels, report
+from engines.gpucheck_runs import closed_loop
 from engines.plan import arg
 from engines.prepare import Preparer
 from engines.profiles import load_profile
 from engines.runner import ConsoleRunner
-from engines.standin_faults import StandinProcess
+from engines.standin.process import StandinProcess
 
 
 def test_scaled_args_keep_the_production_flags_that_fit_smollm2() -> None:

@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 
 from engines.cli import app
 from engines.errors import PrepareError
-from engines.gpucheck import check_profile
+from engines.gpucheck_engines import check_profile
 from engines.profiles import available_profiles, load_profile
 from engines.vllm_args import check_argvs, engine_python, profile_argvs
 

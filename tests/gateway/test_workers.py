@@ -21,7 +21,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from engines.standin import StandinProcess
+from engines.standin.process import StandinProcess
 from tests.quotas.redis_server import RedisServer
 from tests.support import (
     ADMIN_TOKEN,

@@ -7,9 +7,10 @@ import httpx
 import openai
 import pytest
 
-from engines.standin import StandinProcess
+from engines.standin.process import StandinProcess
 from gateway.config import Settings
 from tests.support import CLIENT_KEY, EngineSpec, RunningGateway, gateway_config, serve_in_thread
+from tests.support.fleet import Engines, reset_fleet, running_fleet
 
 
 def pair_specs(pair: dict[str, StandinProcess]) -> list[EngineSpec]:
@@ -64,3 +65,16 @@ def stats(p: StandinProcess) -> dict[str, object]:
 
 def set_fault(p: StandinProcess, **fault: object) -> None:
     httpx.post(p.base_url + "/_standin/faults", json=fault, timeout=5).raise_for_status()
+
+
+@pytest.fixture(scope="module")
+def engines() -> Iterator[Engines]:
+    """The fault tests' four stand-ins, shared by a module (``tests/support/fleet.py``)."""
+    with running_fleet() as procs:
+        yield procs
+
+
+@pytest.fixture
+def fleet(engines: Engines) -> Engines:
+    """The four stand-ins, running and reset (no fault, zeroed stats)."""
+    return reset_fleet(engines)

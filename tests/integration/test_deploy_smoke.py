@@ -33,7 +33,7 @@ from tokenizers import Tokenizer
 from tokenizers.models import WordLevel
 from tokenizers.pre_tokenizers import Whitespace
 
-from engines.standin import StandinProcess
+from engines.standin.process import StandinProcess
 from tests.ledger.pg import PostgresCluster
 from tests.quotas.redis_server import RedisServer
 from tests.support import ROOT, GatewayProcess, free_port, production_env

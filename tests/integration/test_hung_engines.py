@@ -2,7 +2,7 @@
 error, bills what the engine did, and counts against the engine's breaker.
 
 Limits here: first token 0.5 s (from the request's start), 0.4 s between events, 1.5 s
-in all. The stand-in misbehaves on purpose (``engines.standin_faults``).
+in all. The stand-in misbehaves on purpose (``engines.standin.faults``).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from engines.standin import StandinProcess
+from engines.standin.process import StandinProcess
 from gateway.config import Settings
 from gateway.ledger.record import LedgerRecord
 from tests.support import (

@@ -18,7 +18,7 @@ import httpx
 import orjson
 import pytest
 
-from engines.standin import StandinProcess
+from engines.standin.process import StandinProcess
 from gateway.config import Settings
 from tests.support import (
     CLIENT_KEY,

@@ -10,7 +10,8 @@ import httpx
 import openai
 import pytest
 
-from engines.standin import StandinProcess, count_prompt_tokens
+from engines.standin.parsing import count_prompt_tokens
+from engines.standin.process import StandinProcess
 from gateway.config import Settings
 from tests.integration.conftest import set_fault, stats
 from tests.support import (

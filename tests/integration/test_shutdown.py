@@ -7,7 +7,7 @@ from pathlib import Path
 
 import httpx
 
-from engines.standin import StandinProcess
+from engines.standin.process import StandinProcess
 from tests.support import (
     CLIENT_KEY,
     EngineSpec,

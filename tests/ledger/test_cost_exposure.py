@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from engines.standin import StandinProcess
+from engines.standin.process import StandinProcess
 from gateway.config import Settings
 from gateway.ledger.store import LedgerStore
 from tests.support import CLIENT_KEY, EngineSpec, gateway_config, serve_in_thread

@@ -13,7 +13,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from engines.standin import StandinProcess
+from engines.standin.process import StandinProcess
 from gateway.cli_finance import register
 from gateway.config import Settings
 from gateway.ledger.dashboard import DashboardData, default_range, render

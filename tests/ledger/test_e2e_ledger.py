@@ -19,7 +19,7 @@ import httpx
 import orjson
 import pytest
 
-from engines.standin import StandinProcess
+from engines.standin.process import StandinProcess
 from gateway.config import Settings
 from gateway.ledger.record import LedgerRecord
 from gateway.ledger.store import LedgerStore

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from engines.standin import StandinProcess
+from engines.standin.process import StandinProcess
 from gateway.config import Settings
 from gateway.ledger.record import LedgerRecord
 from tests.ledger.pg import PostgresCluster

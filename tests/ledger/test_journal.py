@@ -11,7 +11,7 @@ from pathlib import Path
 
 import openai
 
-from engines.standin import StandinProcess
+from engines.standin.process import StandinProcess
 from gateway.ledger.journal import Journal
 from gateway.ledger.spill import decode
 from gateway.ledger.store import LedgerStore

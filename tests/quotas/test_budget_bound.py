@@ -18,7 +18,8 @@ import httpx
 import orjson
 import pytest
 
-from engines.standin import BYTES_PROMPT_OVERHEAD, CHAT_MESSAGE_OVERHEAD, StandinProcess
+from engines.standin.config import BYTES_PROMPT_OVERHEAD, CHAT_MESSAGE_OVERHEAD
+from engines.standin.process import StandinProcess
 from gateway.prompt_bound import ByteBound
 from gateway.protocol import Endpoint, parse_request
 from gateway.tokens import TokenCounter

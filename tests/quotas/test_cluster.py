@@ -16,7 +16,8 @@ from gateway.errors import QuotaExceededError, QuotaStoreUnavailable, RateLimitE
 from gateway.quotas.base import Demand
 from gateway.quotas.cluster import ClusterLink, key_slot
 from gateway.quotas.fallback import FailoverQuotaStore
-from gateway.quotas.redis import RedisQuotaStore, make_link
+from gateway.quotas.redis import RedisQuotaStore
+from gateway.quotas.redis_calls import make_link
 from gateway.quotas.urls import ClusterTarget
 from tests.quotas.conftest import FakeClock, principal
 from tests.support.redis_cluster import ClusterSetup

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from engines.standin import StandinProcess
+from engines.standin.process import StandinProcess
 from gateway.config import Settings
 from gateway.db import make_engine
 from gateway.keys import CreatedKey, KeyCreate, KeyStore, LimitsIn

@@ -16,9 +16,10 @@ from gateway.config import QuotaSettings
 from gateway.errors import QuotaStoreUnavailable, RateLimitError
 from gateway.metrics import Metrics
 from gateway.quotas.base import Demand, Reservation
-from gateway.quotas.fallback import Breaker, Degraded, FailoverQuotaStore
+from gateway.quotas.fallback import FailoverQuotaStore
 from gateway.quotas.layout import SettleOp
 from gateway.quotas.local import LocalQuotaStore
+from gateway.quotas.outage import Breaker, Degraded
 from gateway.quotas.redis import RedisQuotaStore
 from tests.quotas.conftest import FakeClock, principal
 from tests.quotas.redis_server import RedisServer

@@ -14,7 +14,7 @@ import orjson
 import pytest
 from aiohttp import web
 
-from engines.standin import StandinProcess
+from engines.standin.process import StandinProcess
 from gateway.auth import Principal, hash_key
 from gateway.config import Settings
 from gateway.db import make_engine

@@ -16,7 +16,8 @@ from gateway.errors import QuotaExceededError, QuotaStoreUnavailable
 from gateway.quotas.base import Demand
 from gateway.quotas.fallback import FailoverQuotaStore
 from gateway.quotas.link import LinkError, RedisLink, ReplyError
-from gateway.quotas.redis import RedisQuotaStore, make_link
+from gateway.quotas.redis import RedisQuotaStore
+from gateway.quotas.redis_calls import make_link
 from gateway.quotas.sentinel import SentinelLink
 from gateway.quotas.urls import RedisTarget, SentinelTarget, parse_url
 from tests.quotas.conftest import FakeClock, principal

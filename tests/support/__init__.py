@@ -8,6 +8,9 @@
   process (``GatewayProcess``);
 * :mod:`tests.support.redis_server` and :mod:`tests.support.postgres`: a real
   redis-server and a throwaway PostgreSQL cluster;
+* :mod:`tests.support.fleet`: the fault tests' four stand-in engines and their helpers;
+* :mod:`tests.support.preparing`: a fake runner and kernel probe for engine preparation;
+* :mod:`tests.support.standin`: the stand-in engine tests' servers, clients and probes;
 * :mod:`tests.support.ledger`: ledger records (``make_record``, ``demo_records``) and
   ``ListRecorder``, a recorder that keeps them in memory.
 
