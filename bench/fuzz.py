@@ -25,7 +25,7 @@ from typing import Any
 
 from bench import markdown as md
 from bench import results
-from engines.standin import StandinProcess
+from engines.standin.process import StandinProcess
 from tests.support import serve_in_thread
 from tests.support.fuzz import FuzzReport, fuzz, fuzz_settings, target
 

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import openai
 import pytest
 
-from engines.standin import StandinProcess
+from engines.standin.process import StandinProcess
 from tests.support import CLIENT_KEY, RunningGateway, serve_in_thread
 from tests.support.fuzz import EXPLICIT, SMALL_ONLY_KEY, fuzz, fuzz_settings, target
 
