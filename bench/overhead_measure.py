@@ -12,8 +12,9 @@ from typing import Any
 import orjson
 
 from bench import machine
-from bench.loadgen import ConnectionPool, PhaseResult, Target, open_loop
+from bench.loadgen import ConnectionPool, Target, open_loop
 from bench.overhead_config import Variant
+from bench.phase import PhaseResult
 from bench.rig import CLIENT_MODEL, ENGINE_MODEL, HOST, Rig
 from bench.stats import percentiles_ms
 

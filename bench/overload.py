@@ -37,8 +37,8 @@ from typing import Any, TypeVar
 import uvloop
 
 from bench import machine, results, throughput
-from bench.loadgen import PhaseResult
 from bench.overload_report import judge, pick_best, summarize_phase, verdict_lines, write_report
+from bench.phase import PhaseResult
 from bench.throughput import engine_process, metering_check, phase, sidecars, target
 from gateway.config import ServerSettings
 

@@ -13,7 +13,7 @@ import numpy as np
 
 from bench import markdown as md
 from bench import plots, results, stats
-from bench.loadgen import PhaseResult
+from bench.phase import PhaseResult
 
 #: Issue 13's targets: goodput share of capacity, refusal p99, accepted time-outs.
 GOODPUT_SHARE = 0.9

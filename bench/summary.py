@@ -8,8 +8,8 @@ from typing import Any
 import numpy as np
 
 from bench import stats
-from bench.loadgen import PhaseResult
 from bench.overhead_config import BenchConfig, Variant
+from bench.phase import PhaseResult
 from bench.stats import percentiles_ms
 
 PERCENTILES = (50.0, 90.0, 99.0, 99.9, 100.0)

@@ -39,7 +39,8 @@ import orjson
 import uvloop
 
 from bench import machine, results, vllm_router
-from bench.loadgen import ConnectionPool, PhaseResult, Target, open_loop
+from bench.loadgen import ConnectionPool, Target, open_loop
+from bench.phase import PhaseResult
 from bench.rig import CLIENT_MODEL, gateway_config
 from bench.throughput_report import judge, summarize, verdict_lines, write_report
 from tests.support import CLIENT_KEY, GatewayProcess, free_port, wait_http, write_config

@@ -14,7 +14,7 @@ import numpy as np
 
 from bench import markdown as md
 from bench import plots, results, stats
-from bench.loadgen import PhaseResult
+from bench.phase import PhaseResult
 
 ROUTER = "vllm-router"
 #: Issue 12's limits for one gateway worker.

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from bench import cli, markdown, stats
-from bench.loadgen import PhaseResult
+from bench.phase import PhaseResult
 from bench.throughput import Config, parse_args
 from bench.throughput_report import judge, summarize, write_report
 from bench.throughput_report import markdown as report_markdown

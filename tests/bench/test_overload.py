@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from bench import overload, overload_report
-from bench.loadgen import PhaseResult, error_code
+from bench.phase import PhaseResult, error_code
 from gateway.config import ServerSettings
 
 
