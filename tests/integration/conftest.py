@@ -3,7 +3,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import openai
 import pytest
 
@@ -11,6 +10,7 @@ from engines.standin.process import StandinProcess
 from gateway.config import Settings
 from tests.support import CLIENT_KEY, EngineSpec, RunningGateway, gateway_config, serve_in_thread
 from tests.support.fleet import Engines, reset_fleet, running_fleet
+from tests.support.standin import reset as reset_standin
 
 
 def pair_specs(pair: dict[str, StandinProcess]) -> list[EngineSpec]:
@@ -25,7 +25,7 @@ def pair_specs(pair: dict[str, StandinProcess]) -> list[EngineSpec]:
 
 def reset(pair: dict[str, StandinProcess]) -> None:
     for p in pair.values():
-        httpx.post(p.base_url + "/_standin/reset", timeout=5)
+        reset_standin(p)
 
 
 @pytest.fixture(scope="module")
@@ -56,15 +56,6 @@ def client(gateway: RunningGateway) -> openai.OpenAI:
 @pytest.fixture
 def aclient(gateway: RunningGateway) -> openai.AsyncOpenAI:
     return openai.AsyncOpenAI(base_url=gateway.v1, api_key=CLIENT_KEY, max_retries=0, timeout=30)
-
-
-def stats(p: StandinProcess) -> dict[str, object]:
-    data: dict[str, object] = httpx.get(p.base_url + "/_standin/stats", timeout=5).json()
-    return data
-
-
-def set_fault(p: StandinProcess, **fault: object) -> None:
-    httpx.post(p.base_url + "/_standin/faults", json=fault, timeout=5).raise_for_status()
 
 
 @pytest.fixture(scope="module")

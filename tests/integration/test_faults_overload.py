@@ -22,11 +22,11 @@ from tests.support.fleet import (
     MSGS,
     Engines,
     client,
-    fault,
     settings,
     spec,
-    stats,
 )
+from tests.support.standin import set_fault as fault
+from tests.support.standin import stats
 
 # ---------------------------------------------------------------- queue build-up
 

@@ -21,10 +21,10 @@ from tests.support.fleet import (
     dead,
     settings,
     spec,
-    stats,
     stream_text,
     until,
 )
+from tests.support.standin import stats
 
 # ---------------------------------------------------------------- engine refused
 

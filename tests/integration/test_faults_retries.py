@@ -19,13 +19,13 @@ from tests.support.fleet import (
     MSGS,
     Engines,
     client,
-    fault,
     settings,
     spec,
-    stats,
     stream_text,
     until,
 )
+from tests.support.standin import set_fault as fault
+from tests.support.standin import stats
 
 # ---------------------------------------------------------------- slow first token
 

@@ -16,9 +16,9 @@ from tests.support.fleet import (
     client,
     settings,
     spec,
-    stats,
     until,
 )
+from tests.support.standin import stats
 
 # ---------------------------------------------------------------- rollouts
 

@@ -26,6 +26,8 @@ from tests.support import (
     serve_in_thread,
     wait_for,
 )
+from tests.support.standin import reset
+from tests.support.standin import set_fault as fault
 
 TTFT_S, IDLE_S, TOTAL_S = 0.5, 0.4, 1.5
 BODY = {"model": "small", "messages": [{"role": "user", "content": "tell me about tides"}]}
@@ -43,7 +45,7 @@ def engine() -> Iterator[StandinProcess]:
 
 @pytest.fixture
 def gw(engine: StandinProcess, tmp_path: Path) -> Iterator[tuple[RunningGateway, ListRecorder]]:
-    httpx.post(engine.base_url + "/_standin/reset", timeout=5).raise_for_status()
+    reset(engine)
     cfg = gateway_config(
         tmp_path,
         [EngineSpec("small-0", engine.base_url, "small", "standin-small")],
@@ -57,11 +59,7 @@ def gw(engine: StandinProcess, tmp_path: Path) -> Iterator[tuple[RunningGateway,
     recorder = ListRecorder()
     with serve_in_thread(Settings(**cfg), recorder=recorder) as running:
         yield running, recorder
-    httpx.post(engine.base_url + "/_standin/reset", timeout=5)
-
-
-def fault(p: StandinProcess, **spec: object) -> None:
-    httpx.post(p.base_url + "/_standin/faults", json=spec, timeout=5).raise_for_status()
+    reset(engine)
 
 
 def call(gw: RunningGateway, stream: bool) -> tuple[httpx.Response, float]:

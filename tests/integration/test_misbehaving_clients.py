@@ -31,6 +31,7 @@ from tests.support import (
     wait_for,
     write_config,
 )
+from tests.support.standin import reset, stats
 
 LIMITS = {
     "header_timeout_s": 0.5,
@@ -53,7 +54,7 @@ def engine() -> Iterator[StandinProcess]:
 
 @pytest.fixture
 def gw(engine: StandinProcess, tmp_path: Path) -> Iterator[tuple[RunningGateway, ListRecorder]]:
-    httpx.post(engine.base_url + "/_standin/reset", timeout=5).raise_for_status()
+    reset(engine)
     cfg = gateway_config(
         tmp_path,
         [EngineSpec("small-0", engine.base_url, "small", "standin-small")],
@@ -170,8 +171,8 @@ def test_a_stream_nobody_reads_is_ended_and_billed(
         with contextlib.suppress(ConnectionResetError, TimeoutError):
             while s.recv(1 << 20):
                 pass
-    stats = httpx.get(engine.base_url + "/_standin/stats", timeout=5).json()
-    assert stats["in_flight"] == 0, stats  # the engine is not left working for nobody
+    seen = stats(engine)
+    assert seen["in_flight"] == 0, seen  # the engine is not left working for nobody
     (rec,) = recorder.records
     assert (rec.status, rec.http_status) == ("client_disconnect", 499)
     assert rec.usage_estimated and rec.completion_tokens > 0 and rec.cost_nusd > 0

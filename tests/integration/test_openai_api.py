@@ -13,7 +13,6 @@ import pytest
 from engines.standin.parsing import count_prompt_tokens
 from engines.standin.process import StandinProcess
 from gateway.config import Settings
-from tests.integration.conftest import set_fault, stats
 from tests.support import (
     CLIENT_KEY,
     EngineSpec,
@@ -22,6 +21,7 @@ from tests.support import (
     gateway_config,
     serve_in_thread,
 )
+from tests.support.standin import set_fault, stats
 
 MSGS = [{"role": "user", "content": "say something nice about the sea"}]
 

@@ -18,8 +18,16 @@ import pytest
 from engines.standin.process import StandinProcess
 from gateway.config import Settings
 from gateway.ledger.record import LedgerRecord
-from tests.ledger.pg import PostgresCluster
-from tests.support import CLIENT_KEY, EngineSpec, RunningGateway, gateway_config, serve_in_thread
+from tests.support import (
+    CLIENT_KEY,
+    EngineSpec,
+    PostgresCluster,
+    RunningGateway,
+    gateway_config,
+    serve_in_thread,
+)
+from tests.support.standin import reset
+from tests.support.standin import set_fault as fault
 
 pytestmark = pytest.mark.postgres
 
@@ -54,13 +62,9 @@ def gw(
 @pytest.fixture
 def engine(standin_pair: dict[str, StandinProcess]) -> Iterator[StandinProcess]:
     p = standin_pair["small"]
-    httpx.post(p.base_url + "/_standin/reset", timeout=5)
+    reset(p)
     yield p
-    httpx.post(p.base_url + "/_standin/reset", timeout=5)
-
-
-def fault(p: StandinProcess, **spec: object) -> None:
-    httpx.post(p.base_url + "/_standin/faults", json=spec, timeout=5).raise_for_status()
+    reset(p)
 
 
 def record_of(gw: RunningGateway, rid: str) -> LedgerRecord:

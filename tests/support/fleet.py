@@ -15,7 +15,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import httpx
 import openai
 from openai.types.chat import ChatCompletionMessageParam
 
@@ -24,6 +23,7 @@ from gateway.config import Settings
 from tests.support.configs import CLIENT_KEY, EngineSpec, gateway_config
 from tests.support.net import free_port
 from tests.support.servers import RunningGateway
+from tests.support.standin import reset
 
 MSGS: list[ChatCompletionMessageParam] = [{"role": "user", "content": "tell me about tides"}]
 FAST = {"health_interval_s": 0.3, "metrics_interval_s": 0.3}
@@ -54,7 +54,7 @@ def reset_fleet(engines: Engines) -> Engines:
     for p in engines.values():
         if p._proc is None:  # stopped by an earlier test
             p.start()
-        httpx.post(p.base_url + "/_standin/reset", timeout=5).raise_for_status()
+        reset(p)
     return engines
 
 
@@ -72,15 +72,6 @@ def settings(tmp: Path, specs: list[EngineSpec], routing: dict[str, Any] | None 
              **sections: Any) -> Settings:  # fmt: skip
     r = {"breaker": FAST, **(routing or {})}
     return Settings(**gateway_config(tmp, specs, routing=r, **sections))
-
-
-def stats(p: StandinProcess) -> dict[str, Any]:
-    data: dict[str, Any] = httpx.get(p.base_url + "/_standin/stats", timeout=5).json()
-    return data
-
-
-def fault(p: StandinProcess, **f: Any) -> None:
-    httpx.post(p.base_url + "/_standin/faults", json=f, timeout=5).raise_for_status()
 
 
 def until(check: Callable[[], bool], timeout: float = 10.0) -> None:
