@@ -80,18 +80,6 @@ class Price:
         q, r = divmod(total, unit)
         return q + 1 if 2 * r >= unit else q
 
-    def cost_nusd_decimal(
-        self, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0
-    ) -> int:
-        """The same cost computed in Decimal (the reference :meth:`cost_nusd` is tested by)."""
-        cached = min(max(cached_tokens, 0), prompt_tokens)
-        usd_per_m = (
-            self.prompt * (prompt_tokens - cached)
-            + self.cached_prompt * cached
-            + self.completion * completion_tokens
-        )
-        return int((usd_per_m * NANO / _PER_TOKEN).to_integral_value(rounding=ROUND_HALF_UP))
-
 
 class PriceBook:
     """Resolves the price in force for a model at a time.

@@ -92,16 +92,3 @@ async def timed_batches(
         ) from None
     except Exception as exc:  # the transport's own failure, mid-stream
         raise translate(exc) from None
-
-
-async def timed_events(
-    chunks: AsyncIterator[bytes],
-    timeouts: TimeoutSettings,
-    started: float,
-    tier: str,
-    translate: Callable[[Exception], GatewayError],
-) -> AsyncIterator[bytes]:
-    """:func:`timed_batches`, one payload at a time."""
-    async for batch in timed_batches(chunks, timeouts, started, tier, translate):
-        for payload in batch:
-            yield payload
