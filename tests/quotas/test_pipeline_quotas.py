@@ -22,8 +22,8 @@ from gateway.keys import KeyCreate, KeyStore, LimitsIn
 from gateway.ledger.record import LedgerRecord
 from tests.fake_upstream import Handler, stream_frames
 from tests.fake_upstream import serve_in_thread as serve_engine
-from tests.integration.conftest import set_fault
 from tests.support import CLIENT_KEY, EngineSpec, RunningGateway, gateway_config, serve_in_thread
+from tests.support.standin import set_fault
 
 MSGS = [{"role": "user", "content": "hi"}]
 #: The misbehaving engine below streams this many tokens, whatever max_tokens says.
