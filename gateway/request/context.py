@@ -74,6 +74,17 @@ class RequestContext:
         return self.admitted is not None and self.admitted.request.stream
 
     @property
+    def routed(self) -> bool:
+        """Whether a policy chose the tier that served: an ``auto`` model, or a fallback."""
+        if self.model is not None and self.model.auto:
+            return True
+        return (
+            self.engine is not None
+            and self.decision is not None
+            and self.engine.tier != self.decision.tier
+        )
+
+    @property
     def route_reason(self) -> str:
         """The router's reason, with the fallback named when another tier served."""
         if self.decision is None:

@@ -108,7 +108,16 @@ class Meter:
             return 0
         return self.prices.price(model).cost_nusd(usage.prompt, usage.completion, usage.cached)
 
-    def counterfactual(self, usage: Usage) -> int:
+    def counterfactual(self, usage: Usage, cost_nusd: int, *, routed: bool) -> int:
+        """What the request would have cost had routing not chosen its tier.
+
+        Only a request whose tier a policy chose (an ``auto`` model, or a fallback to
+        another tier) is compared with the reference tier. A request that named its
+        model went where it asked: routing saved nothing on it, so its counterfactual is
+        its own cost and its savings are zero.
+        """
+        if not routed:
+            return cost_nusd
         ref = self.reference
         if ref is None or not self.prices.has(ref):
             return 0
@@ -157,12 +166,13 @@ class Charge:
     price_version: str
 
 
-def charge(meter: Meter, engine: Engine, usage: Usage, estimated: bool) -> Charge:
+def charge(meter: Meter, engine: Engine, usage: Usage, estimated: bool, *, routed: bool) -> Charge:
+    cost = meter.cost(engine, usage)
     return Charge(
         usage=usage,
         usage_estimated=estimated,
-        cost_nusd=meter.cost(engine, usage),
-        counterfactual_nusd=meter.counterfactual(usage),
+        cost_nusd=cost,
+        counterfactual_nusd=meter.counterfactual(usage, cost, routed=routed),
         price_version=meter.price_version(engine),
     )
 

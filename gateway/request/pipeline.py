@@ -270,11 +270,12 @@ class Pipeline:
             route_reason=ctx.route_reason,
             stream=req.stream,
         )
+        usage = ctx.usage or metering.NO_USAGE
         money = metering.Charge(
-            usage=ctx.usage or metering.NO_USAGE,
+            usage=usage,
             usage_estimated=ctx.usage_estimated,
             cost_nusd=ctx.cost_nusd,
-            counterfactual_nusd=self.meter.counterfactual(ctx.usage or metering.NO_USAGE),
+            counterfactual_nusd=self.meter.counterfactual(usage, ctx.cost_nusd, routed=ctx.routed),
             price_version=self.meter.price_version(engine),
         )
         self.recorder.record(

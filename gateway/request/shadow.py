@@ -177,10 +177,11 @@ class ShadowRunner:
         # Mirrored traffic is pure operator spend: routing saved nothing on it, so its
         # counterfactual is its own cost. Cached tokens are not discounted for it.
         if usage is not None and self._meter.priced(engine):
-            money = charge(self._meter, engine, replace(usage, cached=0), estimated=False)
+            money = charge(
+                self._meter, engine, replace(usage, cached=0), estimated=False, routed=False
+            )
         else:
             money = Charge(usage or NO_USAGE, False, 0, 0, "unpriced")
-        money.counterfactual_nusd = money.cost_nusd
         if money.cost_nusd:
             self.cost.labels(engine.name).inc(money.cost_nusd / 1e9)
         who = Attribution(

@@ -78,7 +78,8 @@ def test_dashboard_in_chromium_shows_what_the_report_prints(
     url = f"sqlite:///{tmp_path}/ledger.db"
     store = LedgerStore.from_url(url)
     store.migrate()
-    store.insert(demo_records(now))
+    demo = demo_records(now)
+    store.insert(demo)
     store.dispose()
     specs = [EngineSpec("small-0", standin_pair["small"].base_url, "small", "standin-small")]
     settings = Settings(**gateway_config(tmp_path, specs, ledger={"url": url}))
@@ -129,6 +130,9 @@ def test_dashboard_in_chromium_shows_what_the_report_prints(
     assert kpi is not None and kpi.group(1) == total[cost_at]
     savings = re.search(r'data-kpi="savings".*?class="value">([^<]+)<', text)
     assert savings is not None and savings.group(1) == total[header.index("savings")]
+    # Saved by routing: only the requests a policy routed (`auto`), none that named a tier.
+    routed = [r for r in demo if lo <= r.finished_at < hi and r.requested_model == "auto"]
+    assert savings.group(1) == format_usd(sum(r.counterfactual_nusd - r.cost_nusd for r in routed))
     for key, cost in by_key.items():
         row = re.search(rf'<tr data-key="{key}">(.*?)</tr>', text)
         assert row is not None and f'data-col="cost">{cost}<' in row.group(1), key

@@ -12,8 +12,10 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import inspect
 
 from gateway.db import make_engine
+from gateway.ledger.store import LedgerStore
 from gateway.migrations import alembic_config, current_revision, downgrade, load_models, upgrade
 from tests.support import ROOT
+from tests.support.ledger import make_record
 
 
 def _diff(url: str) -> list[object]:
@@ -120,3 +122,29 @@ def test_upgrade_over_tables_created_without_alembic(db_url: str) -> None:
     finally:
         engine.dispose()
     assert _diff(db_url) == []
+
+
+def test_savings_migration_zeroes_savings_only_where_the_client_named_the_tier(
+    db_url: str,
+) -> None:
+    """0004: a `by_name` record's counterfactual becomes its cost; routed ones keep theirs."""
+    engine = make_engine(db_url)
+    try:
+        upgrade(engine, "0003_key_grace")
+        store = LedgerStore(engine)
+        store.insert(
+            [
+                make_record(0, requested_model="small", route_reason="by_name"),
+                make_record(1, requested_model="auto", route_reason="short_prompt"),
+                make_record(2, requested_model="small", route_reason="by_name;fallback_from:x"),
+            ]
+        )
+        upgrade(engine)
+        got = {r.request_id: (r.cost_nusd, r.counterfactual_nusd) for r in store.all_records()}
+    finally:
+        engine.dispose()
+    assert got == {
+        "req-00000000": (9_000, 9_000),
+        "req-00000001": (9_000, 80_000),
+        "req-00000002": (9_000, 80_000),
+    }

@@ -125,8 +125,19 @@ async def test_unary_answer_is_relayed_metered_and_recorded(tmp_path: Path) -> N
     assert resp.headers["x-tollgate-route-reason"] == "by_name"
     (r,) = rec.records
     assert (r.prompt_tokens, r.completion_tokens, r.usage_estimated) == (12, 3, False)
-    assert r.cost_nusd == SMALL_COST and r.counterfactual_nusd == LARGE_COST
+    # The client named the tier: routing saved nothing, so the counterfactual is the cost.
+    assert r.cost_nusd == SMALL_COST and r.counterfactual_nusd == SMALL_COST
     assert (r.status, r.http_status, r.engine) == ("ok", 200, sent.engine.name)
+
+
+async def test_routing_savings_count_only_where_a_policy_chose_the_tier(tmp_path: Path) -> None:
+    async with pipeline_with(tmp_path, lambda r: answer()) as (svc, _mock, rec):
+        resp = await handle(svc, chat(model="auto"))
+    assert resp.status_code == 200 and resp.headers["x-tollgate-tier"] == "small"
+    (r,) = rec.records
+    assert r.requested_model == "auto" and r.route_reason != "by_name"
+    # Chosen by the policy: compared with the reference (large) tier.
+    assert r.cost_nusd == SMALL_COST and r.counterfactual_nusd == LARGE_COST
 
 
 async def test_a_failed_replica_is_retried_on_the_next_one(tmp_path: Path) -> None:
@@ -166,6 +177,8 @@ async def test_fallback_to_the_other_tier_is_named_in_the_reason(tmp_path: Path)
     assert resp.headers["x-tollgate-route-reason"] == "by_name;fallback_from:small"
     (r,) = rec.records
     assert r.route_reason == "by_name;fallback_from:small" and r.cost_nusd == LARGE_COST
+    # A fallback is routing's choice: counted against the reference (here: no saving).
+    assert r.counterfactual_nusd == LARGE_COST
 
 
 async def test_an_engine_refusal_is_not_retried_and_is_recorded(tmp_path: Path) -> None:

@@ -79,13 +79,19 @@ def demo_records(now: dt.datetime, days: int = 24, seed: int = 3) -> list[Ledger
                     key_prefix="tg-" + key[4:].ljust(7, "x"),
                     team=TEAMS[key],
                     requested_model=model,
+                    route_reason="by_name" if model != "auto" else "short_prompt",
                     tier=tier,
                     engine=f"{tier}-0",
                     upstream_model=f"smollm2-{tier}",
                     prompt_tokens=prompt,
                     completion_tokens=completion,
                     cost_nusd=prompt * p + completion * c,
-                    counterfactual_nusd=prompt * 500 + completion * 1500,
+                    # Routing saved only on what it chose (``auto``).
+                    counterfactual_nusd=(
+                        prompt * 500 + completion * 1500
+                        if model == "auto"
+                        else prompt * p + completion * c
+                    ),
                     price_version=f"smollm2-{tier}@2026-01-01",
                 )
             )
