@@ -63,6 +63,10 @@ SCENARIOS: dict[str, Scenario] = {
         "fuzz", "Does any input reach a 5xx, a stack trace or an undocumented answer?",
         "fuzz.{md,json}",
     ),
+    "local-prices": Scenario(
+        "local_prices", "Throughput of the real local engines, and the prices derived from it",
+        "local_prices.{md,json}, configs/measured/local-cpu/, configs/prices.yaml",
+    ),
     "awq-quality": Scenario(
         "awq_quality", "Quality of the small tier's 4-bit model against bf16 (real engines)",
         "awq_quality.{md,json}",

@@ -96,8 +96,11 @@ def bench_throughput(path: Path) -> dict[str, Decimal]:
 
 
 def prices_derive(
-    gpu_hourly: Annotated[float, typer.Option(help="USD per GPU-hour.")],
+    gpu_hourly: Annotated[float, typer.Option(help="USD per GPU-hour (or per --device hour).")],
     gpus: Annotated[int, typer.Option(min=1, help="GPUs serving the model (TP x replicas).")] = 1,
+    device: Annotated[
+        str, typer.Option(help="What --gpu-hourly and --gpus count, e.g. 'vCPU' for CPU engines.")
+    ] = "GPU",
     bench: Annotated[
         Path | None, typer.Option(help="Benchmark result JSON (vLLM bench serve or plain).")
     ] = None,
@@ -154,6 +157,7 @@ def prices_derive(
             completion_tokens=measured["completion_tokens"],
             utilization=Decimal(str(utilization)),
             completion_ratio=Decimal(str(completion_ratio)),
+            device=device,
         )
         day = (
             dt.date.fromisoformat(effective)

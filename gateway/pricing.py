@@ -209,6 +209,7 @@ def derive_prices(
     utilization: Decimal = Decimal(1),
     completion_ratio: Decimal = Decimal(3),
     places: int = 6,
+    device: str = "GPU",
 ) -> DerivedPrice:
     """Split the hardware's cost per request into prompt and completion token prices.
 
@@ -234,7 +235,7 @@ def derive_prices(
     prompt = per_request / weighted * _PER_TOKEN
     quantum = Decimal(1).scaleb(-places)
     source = (
-        f"derived: {gpu_hourly_usd} USD/GPU-h x {gpus} GPU / {requests_per_s} req/s "
+        f"derived: {gpu_hourly_usd} USD/{device}-h x {gpus} {device} / {requests_per_s} req/s "
         f"at {utilization:.0%} utilization, {prompt_tokens}+{completion_tokens} tok/req, "
         f"completion = {completion_ratio} x prompt"
     )

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import random
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 
 import pytest
+import typer
+import yaml
+from typer.testing import CliRunner
 
+from gateway.cli_prices import prices_derive
 from gateway.config import ConfigError
 from gateway.pricing import Price, PriceBook, PriceEntry, derive_per_mtok, derive_prices
 
@@ -160,3 +165,39 @@ def test_integer_cost_equals_the_decimal_reference() -> None:
         price = Price("m@2024-01-01", *prices)
         tokens = (rng.randint(0, 10**6), rng.randint(0, 10**6), rng.randint(-3, 10**6))
         assert price.cost_nusd(*tokens) == decimal_cost(price, *tokens), (prices, tokens)
+
+
+def test_shipped_local_prices_are_derived_from_the_kept_measurement() -> None:
+    """configs/prices.yaml's local entries are what `tollgate prices derive` makes of the
+    throughput measured on the real engines (configs/measured/local-cpu/, written by
+    `python -m bench local-prices --write-prices`)."""
+    root = Path(__file__).resolve().parents[1]
+    book = PriceBook.load(root / "configs" / "prices.yaml")
+    measured = sorted((root / "configs" / "measured" / "local-cpu").glob("*.json"))
+    assert {m.stem for m in measured} == {e.model for e in book.entries()}
+    for m in measured:
+        run = json.loads(m.read_text())
+        (entry,) = [e for e in book.entries() if e.model == m.stem]
+        out = CliRunner().invoke(
+            _prices_app(),
+            [
+                "derive", "--gpu-hourly", str(run["core_hourly_usd"]), "--gpus", "1",
+                "--device", "vCPU", "--bench", str(m), "--model", m.stem,
+                "--effective", entry.effective.isoformat(), "--cached-ratio", "0.5",
+            ],
+        )  # fmt: skip
+        assert out.exit_code == 0, out.output
+        derived = PriceEntry.model_validate(yaml.safe_load(out.stdout)[0])
+        assert derived == entry, m.stem
+        assert f"/ {run['requests_per_s']} req/s" in (entry.source or "")
+
+
+def _prices_app() -> typer.Typer:
+    app = typer.Typer()
+    app.command("derive")(prices_derive)
+
+    @app.callback()
+    def root() -> None:
+        """Test root."""
+
+    return app
