@@ -53,7 +53,13 @@ SCENARIOS: dict[str, Scenario] = {
         "saturation.{json,png}, a section of routing.md",
     ),
     "soak": Scenario(
-        "soak", "Memory of the gateway under a long mixed load", "soak.{md,json,png}"
+        "soak", "Memory of the gateway under a long mixed load (closed loop, SQLite); "
+        "`soak --metered`: the metered soak below", "soak.{md,json,png}"
+    ),
+    "soak-metered": Scenario(
+        "soak_metered", "One fully metered worker at 80% of its capacity, open loop, for "
+        "30 min: RSS slope, p99 per minute, ledger == answered, Redis reconciles (issue 13)",
+        "soak_metered.{md,json,png}",
     ),
     "upstream-clients": Scenario(
         "upstream_clients", "Which HTTP client the gateway should use to reach engines",

@@ -85,6 +85,7 @@ class Connection(asyncio.Protocol):
         self.first = 0.0
         self.done = 0.0
         self.status = 0
+        self.expect = 200
         self.tail = b""
         self.body_bytes = 0
 
@@ -117,15 +118,16 @@ class Connection(asyncio.Protocol):
         self.status = self._parser.get_status_code()
         if not self._parser.should_keep_alive():
             self.closed = True
-        ok = self.status == 200 and (not self.stream or b"[DONE]" in self.tail)
-        self._finish(
-            ok, "" if ok else ("bad_stream" if self.status == 200 else f"http_{self.status}")
-        )
+        right = self.status == self.expect
+        ok = right and (not self.stream or self.status != 200 or b"[DONE]" in self.tail)
+        self._finish(ok, "" if ok else ("bad_stream" if right else f"http_{self.status}"))
 
     # -- requests
-    def send(self, sink: _Sink, index: int, raw: bytes, stream: bool) -> None:
+    def send(self, sink: _Sink, index: int, raw: bytes, stream: bool, expect: int = 200) -> None:
+        """Write one request; its answer is right when its status is ``expect`` (a
+        refusal the test wants, such as 401, keeps the connection for the next request)."""
         assert self.transport is not None and self.index < 0
-        self.sink, self.index, self.stream = sink, index, stream
+        self.sink, self.index, self.stream, self.expect = sink, index, stream, expect
         self.first = self.done = 0.0
         self.tail = b""
         self.body_bytes = 0

@@ -1,6 +1,7 @@
 """Soak: does the gateway's memory stay flat under a long, mixed, misbehaving load?
 
-``python -m bench.soak [--duration 300 --concurrency 32]``
+``python -m bench.soak [--duration 300 --concurrency 32]``; ``--metered`` runs the fully
+metered open-loop soak instead (``bench/soak_metered.py``).
 
 A ``tollgate serve`` process (one worker, local quotas with limits, ledger on, SQLite)
 sits in front of a stand-in engine. Closed-loop workers send a mix that exercises every
@@ -24,6 +25,7 @@ import argparse
 import asyncio
 import contextlib
 import random
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -317,18 +319,29 @@ def _draw(res: SoakResult, ax: Any) -> None:
     ax.legend(loc="lower right")
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int | None:
+    args = sys.argv[1:] if argv is None else argv
+    if "--metered" in args:  # the fully metered open-loop soak (bench/soak_metered.py)
+        from bench import soak_metered
+
+        return soak_metered.main([a for a in args if a != "--metered"])
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--duration", type=float, default=300.0, help="seconds (300)")
     ap.add_argument("--concurrency", type=int, default=32)
+    ap.add_argument(
+        "--metered",
+        action="store_true",
+        help="the fully metered open-loop soak instead (--metered --help)",
+    )
     results.add_arguments(ap, "30 s")
-    args = ap.parse_args(argv)
-    out = results.out_dir(args.quick, args.out)
-    duration = 30.0 if args.quick else args.duration
-    print(f"soak: {duration:g} s at concurrency {args.concurrency}", flush=True)
-    res = run(duration, args.concurrency, progress=True)
+    a = ap.parse_args(args)
+    out = results.out_dir(a.quick, a.out)
+    duration = 30.0 if a.quick else a.duration
+    print(f"soak: {duration:g} s at concurrency {a.concurrency}", flush=True)
+    res = run(duration, a.concurrency, progress=True)
     write_results(res, out)
     print((out / "soak.md").read_text())
+    return None
 
 
 if __name__ == "__main__":
