@@ -14,7 +14,9 @@ same protocol with three bounds (``server.*``):
   so idle sockets cannot exhaust memory or file descriptors.
 
 Body and response limits (a slow body, a reader that never reads) are enforced by the
-routes and the SSE response (``body_timeout_s``, ``send_timeout_s``).
+routes and the SSE response (``body_timeout_s``, ``send_timeout_s``). The protocol also
+refuses generation requests past capacity before they become tasks
+(:mod:`gateway.api.shedding`).
 """
 
 from __future__ import annotations
@@ -22,8 +24,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
-
+from gateway.api.shedding import Shedder, SheddingProtocol
 from gateway.config import ServerSettings
 from gateway.errors import RequestTimeoutError
 
@@ -38,8 +39,9 @@ def _timeout_response() -> bytes:
     return head + body
 
 
-class GuardedProtocol(HttpToolsProtocol):
-    """HttpToolsProtocol with header and idle deadlines and a connection cap."""
+class GuardedProtocol(SheddingProtocol):
+    """HttpToolsProtocol with header and idle deadlines, a connection cap and overload
+    refusals."""
 
     header_timeout_s: float = 10.0
     idle_connection_s: float = 75.0
@@ -89,5 +91,7 @@ def guarded_protocol(server: ServerSettings) -> type[GuardedProtocol]:
         "header_timeout_s": server.header_timeout_s,
         "idle_connection_s": server.idle_connection_s,
         "max_connections": server.max_connections,
+        "body_timeout_s": server.body_timeout_s,
+        "shedder": Shedder(),
     }
     return type("GuardedHttpToolsProtocol", (GuardedProtocol,), limits)

@@ -27,7 +27,9 @@ class ServerSettings(Section):
     unready_seconds: float = Field(0.0, ge=0)
     keepalive_seconds: float = Field(15.0, gt=0)
     #: Overload control, per worker (gateway/request/overload.py): past either limit a
-    #: request gets 503 + Retry-After at once, before any quota or engine work.
+    #: generation request gets 503 + Retry-After at once, from the HTTP protocol before
+    #: it becomes a task (gateway/api/shedding.py). In flight: this worker's requests
+    #: that are tasks and not done, those still waiting for the event loop included.
     max_in_flight: int = Field(1024, ge=1)
     #: Event-loop lag, sustained over 60 ms, that means "saturated"; 0 turns it off.
     max_loop_lag_ms: float = Field(250.0, ge=0)

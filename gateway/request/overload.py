@@ -70,17 +70,36 @@ class OverloadGuard:
         self._by_in_flight = metrics.overload_refusals.labels("in_flight")
         self._by_lag = metrics.overload_refusals.labels("loop_lag")
 
-    def check(self, in_flight: int) -> None:
-        """Raise 503 (Retry-After: 1) when the process is past capacity."""
+    def refuses(self, in_flight: int) -> str | None:
+        """The signal (``in_flight``, ``loop_lag``) on which this process refuses more
+        work now, counted in ``overload_refusals``; None when it takes the request.
+
+        The one decision: the HTTP protocol (gateway/api/shedding.py) asks it before a
+        request becomes a task, the route (:meth:`check`) for servers without that
+        protocol."""
         if in_flight >= self._max_in_flight:
             self._by_in_flight.inc()
-            raise _refusal(f"{in_flight} requests are in flight")
+            return "in_flight"
         if self._max_lag is not None and self._lag.lag > self._max_lag:
             self._by_lag.inc()
-            raise _refusal(f"its event loop is {self._lag.lag * 1000:.0f} ms behind")
+            return "loop_lag"
+        return None
+
+    def check(self, in_flight: int) -> None:
+        """Raise 503 (Retry-After: 1) when the process is past capacity."""
+        signal = self.refuses(in_flight)
+        if signal == "in_flight":
+            raise overload_error(f"{in_flight} requests are in flight")
+        if signal == "loop_lag":
+            raise overload_error(f"its event loop is {self._lag.lag * 1000:.0f} ms behind")
 
 
-def _refusal(why: str) -> ServiceUnavailableError:
+#: Why, in a refusal's message, per signal (the protocol's prebuilt answers).
+REASONS = {"in_flight": "too many requests are in flight", "loop_lag": "its event loop is behind"}
+
+
+def overload_error(why: str) -> ServiceUnavailableError:
+    """The one refusal: 503 ``gateway_overloaded`` with ``Retry-After: 1``."""
     return ServiceUnavailableError(
         f"The gateway is over capacity ({why}); retry shortly.",
         code="gateway_overloaded",
