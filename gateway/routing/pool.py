@@ -148,6 +148,12 @@ class EnginePool:
             return max(own, seen)
         return own
 
+    def kv_usage(self, engine: Engine, now: float | None = None) -> float:
+        """The engine's scraped KV-cache usage (0..1), or 0 when the scrape is stale."""
+        if self._fresh(engine, time.monotonic() if now is None else now):
+            return engine.kv_cache_usage
+        return 0.0
+
     # ------------------------------------------------------------------ slots
 
     def try_acquire(self, engine: Engine) -> Slot | None:
