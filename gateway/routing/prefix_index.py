@@ -42,9 +42,8 @@ def conversation_text(raw: Mapping[str, Any], limit: int) -> str:
                 text = "".join(str(p.get("text", "")) for p in content if isinstance(p, Mapping))
             else:
                 text = ""
-            part = f"{msg.get('role')}{_FIELD}{text}{_RECORD}"
-            parts.append(part)
-            size += len(part)
+            parts += (str(msg.get("role")), _FIELD, text, _RECORD)
+            size += len(text) + 8
             if size >= limit:
                 break
         return "".join(parts)[:limit]
@@ -74,16 +73,23 @@ class PrefixIndex:
         self._blocks: dict[str, OrderedDict[int, None]] = {}
 
     def matched(self, replica: str, blocks: Sequence[int]) -> int:
-        """How many of ``blocks``, from the first, the replica was last sent."""
+        """How many of ``blocks``, from the first, the replica was last sent.
+
+        A binary search: a replica's blocks are prefix-closed. Block ``k`` of a chain is
+        touched whenever block ``k + 1`` is (every request holding ``k + 1`` holds ``k``),
+        and after it, so the LRU never evicts ``k`` while ``k + 1`` stays.
+        """
         held = self._blocks.get(replica)
-        if not held:
+        if not held or not blocks:
             return 0
-        n = 0
-        for h in blocks:
-            if h not in held:
-                break
-            n += 1
-        return n
+        lo, hi = 0, len(blocks)  # blocks[:lo] held; blocks[hi:] not
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if blocks[mid] in held:
+                lo = mid + 1
+            else:
+                hi = mid
+        return lo
 
     def record(self, replica: str, blocks: Sequence[int]) -> None:
         """The request with these blocks was sent to ``replica``."""

@@ -69,30 +69,31 @@ class ReplicaScorer:
             self.index.record(engines[0].name, blocks)
             return Scored(list(engines))
         s = self._s
-        pool = self._pool
-        now = time.monotonic()
         total = len(blocks)
         k = self._turn % n
         self._turn += 1
-        scored: list[tuple[float, int, Engine]] = []
-        for i in range(n):
-            e = engines[(k + i) % n]
-            matched = self.index.matched(e.name, blocks) / total if total else 0.0
-            queue = min(1.0, pool.waiting(e, now) / s.queue_scale)
-            inflight = min(
-                1.0, pool.outstanding(e) / max(e.settings.weight, 1e-9) / s.inflight_scale
-            )
+        rotated = [*engines[k:], *engines[:k]]
+        signals = self._pool.signals(rotated, time.monotonic())
+        matched = self.index.matched
+        w_prefix = s.w_prefix / total if total else 0.0
+        w_queue, w_kv, w_inflight = s.w_queue, s.w_kv, s.w_inflight
+        q_scale, i_scale = s.queue_scale, s.inflight_scale
+        scored: list[tuple[float, int]] = []
+        for i, e in enumerate(rotated):
+            queued, outstanding, kv = signals[i]
+            inflight = outstanding / max(e.settings.weight, 1e-9) / i_scale
             score = (
-                s.w_prefix * matched
-                - s.w_queue * queue
-                - s.w_kv * pool.kv_usage(e, now)
-                - s.w_inflight * inflight
+                (w_prefix * matched(e.name, blocks) if total else 0.0)
+                - w_queue * (queued / q_scale if queued < q_scale else 1.0)
+                - w_kv * kv
+                - w_inflight * (inflight if inflight < 1.0 else 1.0)
             )
             # -i: among equal scores the one met first in this turn's rotation wins
-            scored.append((score, -i, e))
-        scored.sort(key=_by_score, reverse=True)
-        best = scored[0]
-        self.index.record(best[2].name, blocks)
+            scored.append((score, -i))
+        scored.sort(reverse=True)
+        ranked = [rotated[-i] for _, i in scored]
+        best = ranked[0]
+        self.index.record(best.name, blocks)
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
                 "replica scores",
@@ -103,13 +104,9 @@ class ReplicaScorer:
                         "kv": s.w_kv,
                         "inflight": s.w_inflight,
                     },
-                    "scores": {e.name: round(score, 4) for score, _, e in scored},
+                    "scores": {rotated[-i].name: round(sc, 4) for sc, i in scored},
                     "blocks": total,
-                    "chosen": best[2].name,
+                    "chosen": best.name,
                 },
             )
-        return Scored([e for _, _, e in scored], f"replica=score:{best[0]:.2f},{self._weights}")
-
-
-def _by_score(item: tuple[float, int, Engine]) -> tuple[float, int]:
-    return item[0], item[1]
+        return Scored(ranked, f"replica=score:{scored[0][0]:.2f},{self._weights}")

@@ -46,7 +46,8 @@ def test_index_matches_the_longest_run_from_the_start() -> None:
     assert idx.matched("r0", blocks) == 0
     idx.record("r0", blocks[:2])
     assert idx.matched("r0", blocks) == 2
-    assert idx.matched("r0", (9, 1, 2)) == 0  # a hit must start at the first block
+    assert idx.matched("r0", (1, 2, 30, 40)) == 2  # a chain that parts after block 2
+    assert idx.matched("r0", (9, 10)) == 0
     assert idx.matched("r1", blocks) == 0
 
 
