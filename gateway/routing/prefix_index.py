@@ -80,9 +80,9 @@ class PrefixIndex:
         and after it, so the LRU never evicts ``k`` while ``k + 1`` stays.
         """
         held = self._blocks.get(replica)
-        if not held or not blocks:
-            return 0
-        lo, hi = 0, len(blocks)  # blocks[:lo] held; blocks[hi:] not
+        if not held or not blocks or blocks[0] not in held:
+            return 0  # the common miss: one lookup
+        lo, hi = 1, len(blocks)  # blocks[:lo] held; blocks[hi:] not
         while lo < hi:
             mid = (lo + hi) // 2
             if blocks[mid] in held:
@@ -90,6 +90,18 @@ class PrefixIndex:
             else:
                 hi = mid
         return lo
+
+    def matched_each(self, replicas: Sequence[str], blocks: Sequence[int]) -> list[int]:
+        """:meth:`matched` for several replicas in one call (the scorer's hot path)."""
+        if not blocks:
+            return [0] * len(replicas)
+        first = blocks[0]
+        get = self._blocks.get
+        out: list[int] = []
+        for name in replicas:
+            held = get(name)
+            out.append(self.matched(name, blocks) if held and first in held else 0)
+        return out
 
     def record(self, replica: str, blocks: Sequence[int]) -> None:
         """The request with these blocks was sent to ``replica``."""

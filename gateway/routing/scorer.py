@@ -52,6 +52,8 @@ class ReplicaScorer:
         self._pool = pool
         self.index = PrefixIndex(settings.index_blocks)
         self._turn = 0
+        #: 1 / (weight * inflight_scale) by engine name: an outstanding request's share.
+        self._per_request: dict[str, float] = {}
         weights = (settings.w_prefix, settings.w_queue, settings.w_kv, settings.w_inflight)
         self._weights = "w:" + "/".join(f"{w:g}" for w in weights)
         pool.subscribe(self._membership)
@@ -59,6 +61,7 @@ class ReplicaScorer:
     def _membership(self, engine: Engine, added: bool) -> None:
         if not added:
             self.index.forget(engine.name)
+        self._per_request.pop(engine.name, None)
 
     def order(self, engines: Sequence[Engine], blocks: Sequence[int]) -> Scored:
         """The engines by score, best first; records ``blocks`` on the first."""
@@ -74,16 +77,23 @@ class ReplicaScorer:
         self._turn += 1
         rotated = [*engines[k:], *engines[:k]]
         signals = self._pool.signals(rotated, time.monotonic())
-        matched = self.index.matched
+        names = [e.settings.name for e in rotated]
+        matched = self.index.matched_each(names, blocks)
         w_prefix = s.w_prefix / total if total else 0.0
         w_queue, w_kv, w_inflight = s.w_queue, s.w_kv, s.w_inflight
-        q_scale, i_scale = s.queue_scale, s.inflight_scale
+        q_scale = s.queue_scale
+        per_request = self._per_request
         scored: list[tuple[float, int]] = []
         for i, e in enumerate(rotated):
             queued, outstanding, kv = signals[i]
-            inflight = outstanding / max(e.settings.weight, 1e-9) / i_scale
+            unit = per_request.get(names[i])
+            if unit is None:  # 1 / (weight * inflight_scale), once per engine
+                unit = per_request[names[i]] = 1.0 / (
+                    max(e.settings.weight, 1e-9) * s.inflight_scale
+                )
+            inflight = outstanding * unit
             score = (
-                (w_prefix * matched(e.name, blocks) if total else 0.0)
+                w_prefix * matched[i]
                 - w_queue * (queued / q_scale if queued < q_scale else 1.0)
                 - w_kv * kv
                 - w_inflight * (inflight if inflight < 1.0 else 1.0)

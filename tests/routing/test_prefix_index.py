@@ -48,6 +48,9 @@ def test_index_matches_the_longest_run_from_the_start() -> None:
     assert idx.matched("r0", blocks) == 2
     assert idx.matched("r0", (1, 2, 30, 40)) == 2  # a chain that parts after block 2
     assert idx.matched("r0", (9, 10)) == 0
+    idx.record("r2", blocks)
+    assert idx.matched_each(["r0", "r1", "r2"], blocks) == [2, 0, 4]
+    assert idx.matched_each(["r0", "r2"], ()) == [0, 0]
     assert idx.matched("r1", blocks) == 0
 
 
