@@ -92,10 +92,7 @@ def prefix_counters(http: httpx.Client, url: str) -> tuple[float, float]:
 
 def measure(prof: Profile, w: Workload, kv_tokens: int, tmp: Path) -> dict[str, Any]:
     urls = {e.name: f"http://{e.host}:{e.port}" for e in prof.engines}
-    specs = [
-        EngineSpec(e.name, urls[e.name], "small", e.served_model_name, {"max_model_len": 2048})
-        for e in prof.engines
-    ]
+    specs = [EngineSpec(e.name, urls[e.name], "small", e.served_model_name) for e in prof.engines]
     http = httpx.Client(timeout=120)
     for e in prof.engines:  # warm-up: the first requests of a fresh engine are slow
         for _ in range(2):
@@ -108,7 +105,13 @@ def measure(prof: Profile, w: Workload, kv_tokens: int, tmp: Path) -> dict[str, 
     for name, routing in strategies(kv_tokens).items():
         where = tmp / name.replace(" ", "-")
         where.mkdir(parents=True, exist_ok=True)
-        cfg = gateway_config(where, specs, routing={"fallback": False, **routing})
+        # Prefill on one core is slow: the test config's short time limits would cut it.
+        cfg = gateway_config(
+            where,
+            specs,
+            routing={"fallback": False, **routing},
+            timeouts={"connect_s": 5, "ttft_s": 300, "idle_s": 120, "total_s": 600},
+        )
         run: dict[str, Any] = {"routing": routing}
         with serve_in_thread(Settings(**cfg)) as gw:
             for label, driver in (("shared", run_conversations), ("unrelated", run_unrelated)):
@@ -232,12 +235,12 @@ def plot(data: dict[str, Any], path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="prefix-aware replica choice on real engines")
     ap.add_argument("--kv-tokens", type=int, default=3072, help="KV cache per engine, tokens")
-    results.add_arguments(ap, "4 conversations x 3 turns, 6 unrelated prompts")
+    results.add_arguments(ap, "4 conversations (own system prompts) x 3 turns, 6 unrelated")
     args = ap.parse_args(argv)
     out = results.out_dir(args.quick, args.out)
     w = Workload()
     if args.quick:
-        w = dataclasses.replace(w, conversations=4, turns=3, unrelated=6)
+        w = dataclasses.replace(w, systems=4, conversations=4, turns=3, unrelated=6)
     prof = profile(args.kv_tokens)
     tmp = Path(tempfile.mkdtemp(prefix="prefix-bench-"))
     launcher = Launcher(prof, CacheLayout(root=CacheLayout.from_env().root, run=tmp / "run"))

@@ -27,10 +27,10 @@ class Workload:
 
     systems: int = 10
     system_chars: int = 2400
-    conversations: int = 16
+    conversations: int = 12
     turns: int = 4
     user_chars: int = 160
-    unrelated: int = 24
+    unrelated: int = 16
     unrelated_chars: int = 2000
     concurrency: int = 4
     max_tokens: int = 12
@@ -135,7 +135,7 @@ async def _one(
         stream=True,
         stream_options={"include_usage": True},
     )
-    stream = await raw.parse()
+    stream = raw.parse()
     ttft: float | None = None
     parts: list[str] = []
     tokens = 0
