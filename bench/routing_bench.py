@@ -14,6 +14,7 @@ Writes ``routing.json`` and ``routing.png`` and refreshes ``routing.md``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import os
 import platform
@@ -29,7 +30,7 @@ from gateway.config import Settings
 from gateway.routing.features import Features
 from gateway.routing.health import Breakers
 from gateway.routing.pool import EnginePool
-from gateway.routing.router import Router
+from gateway.routing.router import RouteDecision, Router
 
 TARGET_P99_US = 100.0
 
@@ -81,6 +82,18 @@ SCENARIOS: dict[str, dict[str, Any]] = {
     "chain, 4 replicas, prefix affinity": {
         "replicas": 4,
         "routing": {"policy": "chain", "params": CHAIN, "prefix_affinity": True},
+    },
+    "by_name, 8 replicas, p2c": {"model": "small", "replicas": 8, "routing": {"balancer": "p2c"}},
+    "by_name, 8 replicas, scored (+ block hashing)": {
+        "model": "small",
+        "replicas": 8,
+        "conversations": True,
+        "routing": {"balancer": "scored"},
+    },
+    "chain, 8 replicas, scored (+ block hashing)": {
+        "replicas": 8,
+        "conversations": True,
+        "routing": {"policy": "chain", "params": CHAIN, "balancer": "scored"},
     },
     "chain, 4 replicas, sticky canary": {
         "replicas": 4,
@@ -148,6 +161,24 @@ def request_mix(n: int, seed: int = 1) -> list[Features]:
     return out
 
 
+def conversation_mix(n: int, seed: int = 4) -> list[dict[str, Any]]:
+    """Chat bodies for the scored balancer: 40 shared system prompts of 1.5-6 KB, each
+    conversation 1-12 turns of 100-600 characters (up to ~13 KB, ~50 prefix blocks)."""
+    rng = random.Random(seed)
+    systems = [
+        " ".join(rng.choice(WORDS) for _ in range(rng.randint(300, 1200))) for _ in range(40)
+    ]
+    out: list[dict[str, Any]] = []
+    for _ in range(n):
+        msgs: list[dict[str, str]] = [{"role": "system", "content": rng.choice(systems)}]
+        for t in range(rng.randint(1, 12)):
+            words = rng.randint(20, 120)
+            text = " ".join(rng.choice(WORDS) for _ in range(words))
+            msgs.append({"role": "user" if t % 2 == 0 else "assistant", "content": text})
+        out.append({"messages": msgs})
+    return out
+
+
 def load_pool(pool: EnginePool, seed: int = 2) -> None:
     rng = random.Random(seed)
     now = time.monotonic()
@@ -177,11 +208,28 @@ def bench_one(spec: dict[str, Any], reqs: list[Features], calls: int) -> dict[st
     router = Router(settings, pool, Breakers(settings.routing.breaker), rng=random.Random(3))
     load_pool(pool)
     model = router.resolve(str(spec.get("model", "auto")))
-    decide = router.decide
+    if spec.get("conversations"):
+        # The scored balancer's cost includes hashing the request's prefix blocks (done
+        # in the route stage, before decide): both are timed. The Features value, which
+        # every balancer's requests build anyway, is made outside the timer.
+        raws = conversation_mix(len(reqs))
+        blocks = router.prefix_blocks
+        with_blocks = [
+            dataclasses.replace(f, prefix_blocks=blocks(r)) for f, r in zip(reqs, raws, strict=True)
+        ]
+
+        def decide(m: Any, f: Features, i: int) -> RouteDecision:
+            blocks(raws[i % len(raws)])
+            return router.decide(m, with_blocks[i % len(raws)])
+    else:
+
+        def decide(m: Any, f: Features, i: int) -> RouteDecision:
+            return router.decide(m, f)
+
     wall, cpu = time.perf_counter_ns, time.thread_time_ns
     n = len(reqs)
     for i in range(2000):  # warm-up
-        decide(model, reqs[i % n])
+        decide(model, reqs[i % n], i)
     walls = [0] * calls
     cpus = [0] * calls
     tiers: dict[str, int] = {}
@@ -192,7 +240,7 @@ def bench_one(spec: dict[str, Any], reqs: list[Features], calls: int) -> dict[st
             f = reqs[i % n]
             c0 = cpu()
             t0 = wall()
-            d = decide(model, f)
+            d = decide(model, f, i)
             walls[i] = wall() - t0
             cpus[i] = cpu() - c0
             tiers[d.tier] = tiers.get(d.tier, 0) + 1

@@ -21,6 +21,7 @@ from gateway.config.routing import (
     RetrySettings,
     RolloutSettings,
     RoutingSettings,
+    ScorerSettings,
     ShadowSettings,
     TimeoutSettings,
 )
@@ -41,6 +42,7 @@ __all__ = [
     "RetrySettings",
     "RolloutSettings",
     "RoutingSettings",
+    "ScorerSettings",
     "ServerSettings",
     "Settings",
     "ShadowSettings",

@@ -150,9 +150,45 @@ class RolloutSettings(Section):
     shadow: ShadowSettings | None = None
 
 
+class ScorerSettings(Section):
+    """The ``scored`` balancer: one score per replica from prefix hits and load signals.
+
+    ``score = w_prefix * matched - w_queue * queue - w_kv * kv_usage - w_inflight * inflight``
+    where ``matched`` is the fraction of the request's prefix blocks this gateway last sent
+    to the replica (an approximate view of its prefix cache), ``queue`` and ``inflight``
+    are the replica's waiting and outstanding requests over their scales (capped at 1)
+    and ``kv_usage`` its scraped KV-cache usage. A replica ``w_prefix / w_inflight *
+    inflight_scale`` requests busier than another loses a full prefix advantage.
+    """
+
+    w_prefix: float = Field(1.0, ge=0, le=100)
+    w_queue: float = Field(0.5, ge=0, le=100)
+    w_kv: float = Field(0.25, ge=0, le=100)
+    w_inflight: float = Field(0.5, ge=0, le=100)
+    #: Waiting requests (vLLM's queue plus ours) that count as a full queue (1.0).
+    queue_scale: float = Field(4.0, gt=0)
+    #: Outstanding requests (per unit of engine weight) that count as fully busy (1.0).
+    inflight_scale: float = Field(4.0, gt=0)
+    #: Characters per prefix block (vLLM caches whole blocks of tokens; ~4 chars/token).
+    block_chars: int = Field(256, ge=16, le=65536)
+    #: Blocks hashed per request at most (longer conversations match on their start).
+    max_blocks: int = Field(128, ge=1, le=4096)
+    #: Blocks remembered per replica (LRU), sized like the replica's KV cache:
+    #: about KV tokens * 4 / block_chars.
+    index_blocks: int = Field(4096, ge=1, le=10_000_000)
+
+    @model_validator(mode="after")
+    def _some_weight(self) -> ScorerSettings:
+        if self.w_prefix + self.w_queue + self.w_kv + self.w_inflight <= 0:
+            raise ValueError("routing.scorer: at least one weight must be above 0")
+        return self
+
+
 class RoutingSettings(Section):
     policy: str = "rules"
-    balancer: Literal["least_outstanding", "p2c"] = "least_outstanding"
+    #: ``scored``: the multi-signal, prefix-aware scorer (see :class:`ScorerSettings`).
+    balancer: Literal["least_outstanding", "p2c", "scored"] = "least_outstanding"
+    scorer: ScorerSettings = Field(default_factory=ScorerSettings)
     #: Prefer one replica per conversation prefix (vLLM prefix-cache hits), bounded by load.
     prefix_affinity: bool = False
     #: Characters from the start of the conversation hashed for affinity.

@@ -90,6 +90,8 @@ class RequestContext:
         if self.decision is None:
             return "by_name"
         reason = self.decision.reason
+        if self.decision.replica_note:
+            reason += f";{self.decision.replica_note}"
         if self.engine is not None and self.engine.tier != self.decision.tier:
             reason += f";fallback_from:{self.decision.tier}"
         return reason

@@ -28,6 +28,7 @@ def features(admitted: Admitted, router: Router) -> Features:
         key_defaults=principal.routing,
         key_id=principal.key_id,
         prefix_hash=router.prefix_hash(raw),
+        prefix_blocks=router.prefix_blocks(raw),
     )
 
 

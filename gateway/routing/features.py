@@ -32,6 +32,8 @@ class Features:
     key_id: str | None = None
     #: Hash of the conversation's beginning (0 = none), for replica affinity.
     prefix_hash: int = 0
+    #: Chained hashes of the prompt's blocks, for the ``scored`` balancer (else empty).
+    prefix_blocks: tuple[int, ...] = ()
 
 
 class Policy(Protocol):

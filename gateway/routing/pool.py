@@ -21,7 +21,7 @@ import asyncio
 import collections
 import contextlib
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 from gateway.config import EngineSettings
 from gateway.errors import OverloadedError, with_retry_after
@@ -147,6 +147,24 @@ class EnginePool:
             seen = engine.running + engine.waiting + drift + len(self._waiters[engine.name])
             return max(own, seen)
         return own
+
+    def signals(self, engines: Sequence[Engine], now: float) -> list[tuple[float, int, float]]:
+        """Per engine: (:meth:`waiting`, :meth:`outstanding`, scraped KV-cache usage or 0
+        when stale), in one pass: the ``scored`` balancer reads them on every request."""
+        out: list[tuple[float, int, float]] = []
+        stale = self._stale_s
+        waiters = self._waiters
+        for e in engines:
+            own_queue = len(waiters[e.name])
+            queued = float(own_queue)
+            kv = 0.0
+            at = e.metrics_at
+            if at > 0.0 and now - at <= stale:
+                drift = e.in_flight - e.scraped_in_flight
+                queued += max(0.0, e.waiting + drift)
+                kv = e.kv_cache_usage
+            out.append((queued, e.in_flight + own_queue, kv))
+        return out
 
     # ------------------------------------------------------------------ slots
 

@@ -21,7 +21,9 @@ from gateway.routing.features import Features, Policy
 from gateway.routing.health import Breakers
 from gateway.routing.policies import build_policy
 from gateway.routing.pool import EnginePool
+from gateway.routing.prefix_index import prefix_blocks
 from gateway.routing.rollout import TierRollout
+from gateway.routing.scorer import ReplicaScorer
 from gateway.upstream.engine import Engine
 
 
@@ -35,6 +37,9 @@ class RouteDecision:
     candidates: list[Engine] = field(default_factory=list)
     #: A shadow engine to mirror this request to (answer discarded), if sampled.
     shadow: Engine | None = None
+    #: The replica choice's note for the route reason (``scored`` balancer), e.g.
+    #: ``replica=score:0.82,w:1/0.5/0.25/0.5``. Kept out of ``reason``, which labels metrics.
+    replica_note: str = ""
 
 
 class Router:
@@ -62,6 +67,8 @@ class Router:
         self._rng = rng or random.Random()
         self._balancer = Balancer(routing, pool, self._rng)
         self._affinity_chars = routing.affinity_prefix_chars if routing.prefix_affinity else 0
+        #: The multi-signal scorer replaces the balancer's first pick when configured.
+        self._scorer = ReplicaScorer(routing.scorer, pool) if routing.balancer == "scored" else None
         self._shadow: dict[str, tuple[Engine, float]] = {}
         for tier, rollout in routing.rollouts.items():
             if rollout.shadow is not None and rollout.shadow.sample > 0:
@@ -134,13 +141,20 @@ class Router:
         """The request's affinity key (0 when prefix affinity is off)."""
         return prefix_hash(raw, self._affinity_chars) if self._affinity_chars else 0
 
+    def prefix_blocks(self, raw: Mapping[str, Any]) -> tuple[int, ...]:
+        """The request's prefix blocks for the ``scored`` balancer (empty otherwise)."""
+        if self._scorer is None:
+            return ()
+        s = self._settings.routing.scorer
+        return prefix_blocks(raw, s.block_chars, s.max_blocks)
+
     def decide(self, model: ModelSettings, features: Features) -> RouteDecision:
         self._sync()
         if model.auto:
             tier, reason = self._policy.choose(features, self._pool)
         else:
             tier, reason = model.tier or "", "by_name"
-        candidates = self._ranked(tier, features)
+        candidates, note = self._ranked(tier, features)
         if self._fallback:
             fallback = model.fallback_tier or self._other_tier(tier)
             if fallback and fallback != tier:
@@ -161,6 +175,7 @@ class Router:
             reason=reason,
             candidates=candidates,
             shadow=shadow[0] if shadow is not None and sampled else None,
+            replica_note=note,
         )
 
     def _retry_after(self) -> int:
@@ -172,16 +187,25 @@ class Router:
         others = [t for t, k in self._kinds.items() if k == kind and t != tier]
         return others[0] if len(others) == 1 else None
 
-    def _ranked(self, tier: str, f: Features) -> list[Engine]:
+    def _ranked(self, tier: str, f: Features) -> tuple[list[Engine], str]:
         available = self._breakers.available
         engines = [e for e in self._serving.get(tier, ()) if available(e)]
-        if len(engines) <= 1:
-            return engines
+        if len(engines) <= 1 and self._scorer is None:
+            return engines, ""
         plan = self._rollouts.get(tier)
         if plan is None:
-            return self._balancer.order(engines, f.prefix_hash)
+            return self._order(engines, f)
         mine, rest = plan.order(engines, plan.pick(f.key_id, self._rng))
-        return self._balancer.order(mine, f.prefix_hash) + self._balancer.order(rest, f.prefix_hash)
+        first, note = self._order(mine, f)
+        if self._scorer is not None:  # retries only: plain least outstanding, nothing recorded
+            return first + self._balancer.failover(rest), note
+        return first + self._balancer.order(rest, f.prefix_hash), note
+
+    def _order(self, engines: list[Engine], f: Features) -> tuple[list[Engine], str]:
+        if self._scorer is not None:
+            scored = self._scorer.order(engines, f.prefix_blocks)
+            return scored.engines, scored.note
+        return self._balancer.order(engines, f.prefix_hash), ""
 
     def reachable_tiers(self, model: ModelSettings) -> list[str]:
         """Tiers a request for ``model`` may end up on (for worst-case admission)."""
@@ -213,6 +237,7 @@ class Router:
             "policy": routing.policy,
             "balancer": routing.balancer,
             "prefix_affinity": routing.prefix_affinity,
+            "scorer": routing.scorer.model_dump() if self._scorer is not None else None,
             "fallback": routing.fallback,
             "rollouts": {t: p.versions for t, p in self._rollouts.items()},
             "shadow": {t: e.name for t, (e, _) in self._shadow.items()},
