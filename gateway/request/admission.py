@@ -3,6 +3,11 @@
 The prompt is sized by an upper bound that cannot be below the engine's count
 (:mod:`gateway.prompt_bound`), on every model the request may reach, so the reservation
 is a true worst case; the settlement then brings it down to the engine's usage.
+
+A request to an explicit model name reserves the worst case over its tier and the one
+fallback may reach, and is refused (429) when that is over budget. A request to an
+``auto`` model reserves at the tier its policy chooses, or at a cheaper tier when only
+that fits the key's budget (:mod:`gateway.request.tiering`).
 """
 
 from __future__ import annotations
@@ -12,8 +17,10 @@ from gateway.config import ServerSettings
 from gateway.errors import InvalidRequestError
 from gateway.protocol import Endpoint, parse_request
 from gateway.quotas.base import Demand, QuotaStore
+from gateway.request import route
 from gateway.request.context import Admitted, RequestContext
 from gateway.request.metering import Meter
+from gateway.request.tiering import TierReserver
 from gateway.routing.pool import EnginePool
 from gateway.routing.router import Router
 from gateway.tokens import TokenCounter
@@ -38,6 +45,7 @@ class Admission:
         self._tokens = tokens
         self._meter = meter
         self._quotas = quotas
+        self._tiers = TierReserver(router=router, pool=pool, quotas=quotas)
 
     async def admit(self, ctx: RequestContext, principal: Principal, body: bytes) -> Admitted:
         s = self._server
@@ -61,18 +69,34 @@ class Admission:
         prompt = (
             bound.upper if bound.exact else self._tokens.count_prompt(self._token_model(tiers), req)
         )
-        if ctx.endpoint is Endpoint.EMBEDDINGS:
-            max_tokens = 0
-        elif requested is not None:
-            max_tokens = requested * req.n
-        else:
-            # The engine's room is the context less the real prompt: size it with the
-            # prompt's lower bound, so the output is not under-reserved either.
-            max_tokens = self._default_max_tokens(tiers, bound.lower) * req.n
-        demand = Demand(
-            tokens=bound.upper + max_tokens,
-            cost_nusd=self._meter.worst_case(tiers, bound.upper, max_tokens),
-        )
+        embeddings = ctx.endpoint is Endpoint.EMBEDDINGS
+
+        def size(reach: list[str]) -> tuple[Demand, int]:
+            """The worst case over the tiers ``reach``: the demand and its output tokens."""
+            if embeddings:
+                max_tokens = 0
+            elif requested is not None:
+                max_tokens = requested * req.n
+            else:
+                # The engine's room is the context less the real prompt: size it with
+                # the prompt's lower bound, so the output is not under-reserved either.
+                max_tokens = self._default_max_tokens(reach, bound.lower) * req.n
+            cost = self._meter.worst_case(reach, bound.upper, max_tokens)
+            return Demand(tokens=bound.upper + max_tokens, cost_nusd=cost), max_tokens
+
+        if model.auto and not embeddings:
+            f = route.features_of(req, principal, prompt, self._router)
+            plan, reservation, max_tokens = await self._tiers.reserve(
+                principal,
+                ctx.request_id,
+                model=model,
+                f=f,
+                tiers=tiers,
+                size=size,
+                context_tokens=bound.lower + (requested or 1),
+            )
+            return Admitted(principal, req, model, prompt, max_tokens, reservation, plan)
+        demand, max_tokens = size(tiers)
         reservation = await self._quotas.reserve(principal, ctx.request_id, demand)
         return Admitted(principal, req, model, prompt, max_tokens, reservation)
 

@@ -12,6 +12,7 @@ from gateway.errors import GatewayError
 from gateway.protocol import Endpoint, ParsedRequest
 from gateway.quotas.base import Reservation
 from gateway.request.metering import Output, Usage
+from gateway.routing.plan import TierPlan
 from gateway.routing.router import RouteDecision
 from gateway.upstream.engine import Engine
 
@@ -28,6 +29,8 @@ class Admitted:
     #: The output it may produce, all choices together (what was reserved).
     max_tokens: int
     reservation: Reservation
+    #: For an ``auto`` model: the tier admission reserved for (routing stays within it).
+    plan: TierPlan | None = None
 
 
 @dataclass(slots=True)

@@ -5,6 +5,10 @@
 (rollouts), then replica ordering (:class:`Balancer`). When fallback is on, the other
 tier's engines follow the chosen tier's in the candidate list; a request that ends up
 there is recorded with ``;fallback_from:TIER``.
+
+For an ``auto`` model, admission chooses the tier first (:meth:`Router.choose`) and
+reserves for it; :meth:`Router.decide` then keeps the request, fallback included, within
+the tiers that reservation covers (:class:`~gateway.routing.plan.TierPlan`).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from gateway.errors import EngineUnavailableError, InvalidRequestError, NotFound
 from gateway.routing.balancer import Balancer, prefix_hash
 from gateway.routing.features import Features, Policy
 from gateway.routing.health import Breakers
+from gateway.routing.plan import TierPlan
 from gateway.routing.policies import build_policy
 from gateway.routing.pool import EnginePool
 from gateway.routing.prefix_index import prefix_blocks
@@ -148,22 +153,51 @@ class Router:
         s = self._settings.routing.scorer
         return prefix_blocks(raw, s.block_chars, s.max_blocks)
 
-    def decide(self, model: ModelSettings, features: Features) -> RouteDecision:
+    def choose(self, features: Features) -> tuple[str, str]:
+        """The policy's (tier, reason) for a request to an ``auto`` model."""
         self._sync()
-        if model.auto:
+        return self._policy.choose(features, self._pool)
+
+    def reach(self, model: ModelSettings, tier: str) -> list[str]:
+        """``tier`` and the tier that fallback may move a request there to."""
+        fallback = self._fallback_tier(model, tier)
+        return [tier, fallback] if fallback else [tier]
+
+    def _fallback_tier(self, model: ModelSettings, tier: str) -> str | None:
+        if not self._fallback:
+            return None
+        fallback = model.fallback_tier or self._other_tier(tier)
+        return fallback if fallback and fallback != tier else None
+
+    def decide(
+        self, model: ModelSettings, features: Features, plan: TierPlan | None = None
+    ) -> RouteDecision:
+        """Where the request goes. With admission's ``plan`` (``auto`` models), the tier
+        stays within what the reservation covers: a rescued request keeps the plan's
+        tier; otherwise the policy runs again when it now knows the key's remaining
+        budget (``budget:low``), and a choice outside the plan's cover falls back to the
+        plan's own."""
+        self._sync()
+        if plan is not None:
+            tier, reason = plan.tier, plan.reason
+            if not plan.rescued and features.budget_remaining_nusd is not None:
+                chosen = self._policy.choose(features, self._pool)
+                if chosen[0] in plan.covered:
+                    tier, reason = chosen
+        elif model.auto:
             tier, reason = self._policy.choose(features, self._pool)
         else:
             tier, reason = model.tier or "", "by_name"
         candidates, note = self._ranked(tier, features)
-        if self._fallback:
-            fallback = model.fallback_tier or self._other_tier(tier)
-            if fallback and fallback != tier:
-                available = self._breakers.available
-                candidates += self._balancer.failover(
-                    [e for e in self._serving.get(fallback, ()) if available(e)]
-                )
+        fallback = self._fallback_tier(model, tier)
+        if fallback and (plan is None or fallback in plan.covered):
+            available = self._breakers.available
+            candidates += self._balancer.failover(
+                [e for e in self._serving.get(fallback, ()) if available(e)]
+            )
         if not candidates:
-            tiers = " or ".join(self.reachable_tiers(model)) if model.auto else tier
+            auto = model.auto and plan is None
+            tiers = " or ".join(self.reachable_tiers(model)) if auto else tier
             raise EngineUnavailableError(
                 f"No engine is available for the {tiers} tier; try again shortly.",
                 headers={"Retry-After": str(self._retry_after())},
