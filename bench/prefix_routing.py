@@ -57,10 +57,10 @@ def strategies(kv_tokens: int, block_chars: int = 256) -> dict[str, dict[str, An
     }
 
 
-def profile(kv_tokens: int) -> Profile:
-    """Two copies of local-cpu's small engine, one core each, small KV, prefix caching."""
+def profile(kv_tokens: int, copy: str = "small") -> Profile:
+    """Two copies of one local-cpu engine (``copy``), one core each, small KV, prefix caching."""
     base = load_profile("local-cpu").model_dump()
-    small = next(e for e in base["engines"] if e["name"] == "small")
+    small = next(e for e in base["engines"] if e["name"] == copy)
     engines = []
     for i, name in enumerate(REPLICAS):
         e = {**small, "name": name, "served_model_name": f"smollm2-{name}", "port": free_port()}
@@ -235,13 +235,20 @@ def plot(data: dict[str, Any], path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="prefix-aware replica choice on real engines")
     ap.add_argument("--kv-tokens", type=int, default=3072, help="KV cache per engine, tokens")
+    ap.add_argument(
+        "--copy",
+        choices=("small", "large"),
+        default="small",
+        help="which local-cpu engine the two replicas copy (large: bf16; on an AVX2-only CPU "
+        "the small tier's W4A8 prefills at ~46 tokens/s, too slow for this workload)",
+    )
     results.add_arguments(ap, "4 conversations (own system prompts) x 3 turns, 6 unrelated")
     args = ap.parse_args(argv)
     out = results.out_dir(args.quick, args.out)
     w = Workload()
     if args.quick:
         w = dataclasses.replace(w, systems=4, conversations=4, turns=3, unrelated=6)
-    prof = profile(args.kv_tokens)
+    prof = profile(args.kv_tokens, args.copy)
     tmp = Path(tempfile.mkdtemp(prefix="prefix-bench-"))
     launcher = Launcher(prof, CacheLayout(root=CacheLayout.from_env().root, run=tmp / "run"))
     started = time.monotonic()
@@ -255,7 +262,8 @@ def main(argv: list[str] | None = None) -> int:
     data = {
         "benchmark": "prefix-aware replica choice, real vLLM-CPU",
         "when": results.stamp(),
-        "engines": f"2 x small engine ({prof.engines[0].model.artifact} or its alternative),"
+        "engines": f"2 x {args.copy} engine ({prof.engines[0].model.artifact}"
+        f"{' or its alternative' if args.copy == 'small' else ''}),"
         f" 1 core each, --enable-prefix-caching, KV cache {args.kv_tokens} tokens each,"
         f" ready in {ready_s:.0f} s",
         "kv_tokens": args.kv_tokens,
