@@ -84,7 +84,10 @@ class OtelTracing:
 class OtelTrace:
     """One request's spans: the request's own, and the open stage's."""
 
-    __slots__ = ("_blamed", "_closed", "_ctx", "_parent", "_root", "_span", "_stage", "_tracer")
+    __slots__ = (
+        "_blamed", "_closed", "_ctx", "_parent", "_recording", "_root", "_span", "_stage",
+        "_tracer",
+    )  # fmt: skip
 
     def __init__(self, tracer: Tracer, root: Span, ctx: RequestContext) -> None:
         self._tracer = tracer
@@ -94,6 +97,8 @@ class OtelTrace:
         self._span: Span | None = None
         self._stage: Stage | None = None
         self._closed = False
+        #: False for a trace the sampler dropped: its spans only carry the context on.
+        self._recording = root.is_recording()
         #: The error is named on the stage span where it happened, and only there.
         self._blamed = False
 
@@ -116,6 +121,9 @@ class OtelTrace:
         self._closed = True
         self._end_stage(err)
         ctx, root = self._ctx, self._root
+        if not self._recording:
+            root.end()
+            return
         attrs = _request_attributes(ctx)
         attrs["http.response.status_code"] = err.status_code if err else ctx.http_status
         if err is not None:  # refused before reaching an engine
@@ -129,6 +137,9 @@ class OtelTrace:
         if span is None or stage is None:
             return
         self._span = self._stage = None
+        if not self._recording:
+            span.end()
+            return
         span.set_attributes(_stage_attributes(stage, self._ctx))
         err = err or self._ctx.error
         if err is not None and not self._blamed:

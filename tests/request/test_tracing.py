@@ -25,7 +25,10 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 
 from engines.standin.process import StandinProcess
+from gateway.app import build_services
 from gateway.config import Settings
+from gateway.protocol import Endpoint
+from gateway.upstream.mock import MockReply, MockRequest, MockTransport
 from tests.support import CLIENT_KEY, EngineSpec, RunningGateway, gateway_config, serve_in_thread
 from tests.support.standin import reset, set_fault, stats
 
@@ -361,3 +364,40 @@ def test_tracing_off_exports_nothing_and_passes_the_clients_traceparent_through(
     assert stats(small)["received"] == 7
     assert gw.services.tracing.flush()
     assert exporter.get_finished_spans() == ()
+
+
+async def test_a_trace_the_sampler_drops_exports_nothing_but_still_reaches_the_engine(
+    tmp_path: Path,
+) -> None:
+    specs = [EngineSpec("small-0", "http://small-0", "small", "standin-small")]
+    cfg = gateway_config(
+        tmp_path, specs, ledger={"enabled": False}, tracing={"enabled": True, "sample_ratio": 0}
+    )
+    settings = Settings.model_validate(cfg)
+    usage = {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}
+
+    def engine(r: MockRequest) -> MockReply:
+        return MockReply.json({"choices": [{"index": 0, "message": {}}], "usage": usage})
+
+    mock = MockTransport(engine, timeouts=settings.timeouts)
+    exporter = InMemorySpanExporter()
+    body = b'{"model": "small", "messages": [{"role": "user", "content": "hi"}]}'
+    async with build_services(
+        settings, transport=mock, monitor=False, span_exporter=exporter
+    ) as svc:
+        for i, header in enumerate((None, CLIENT_TRACEPARENT.encode())):
+            ctx = svc.pipeline.new_context(f"r{i}", Endpoint.CHAT, header)
+            reply = await svc.pipeline.handle(ctx, f"Bearer {CLIENT_KEY}", body)
+            assert reply.status_code == 200
+        assert svc.tracing.flush()
+        dropped, kept = (r.traceparent for r in mock.requests)
+        # Not sampled: no span exported, yet the engine gets a valid unsampled context.
+        assert dropped is not None and dropped.startswith("00-") and dropped.endswith("-00")
+        # A client's sampled trace is kept whatever the ratio (parent-based sampling).
+        assert kept is not None and kept.split("-")[1] == CLIENT_TRACE and kept.endswith("-01")
+        spans = exporter.get_finished_spans()
+        assert {s.context.trace_id for s in spans} == {int(CLIENT_TRACE, 16)}
+        root, stages = tree(list(spans))
+        assert list(stages) == STAGES
+        assert root.parent is not None and f"{root.parent.span_id:016x}" == CLIENT_SPAN
+        assert kept.split("-")[2] == f"{stages['forward'].context.span_id:016x}"
