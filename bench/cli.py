@@ -45,6 +45,10 @@ SCENARIOS: dict[str, Scenario] = {
         "ledger_bench", "Cost of ledger writes (SQLite, PostgreSQL), throughput, spill",
         "ledger.{md,json}",
     ),
+    "tracing": Scenario(
+        "tracing_bench", "CPU per request of OpenTelemetry tracing, off (the default) vs on",
+        "tracing.{md,json}",
+    ),
     "routing": Scenario(
         "routing_bench", "CPU cost of one routing decision per policy", "routing.{md,json,png}"
     ),

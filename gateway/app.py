@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
 import logging
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
@@ -33,6 +34,7 @@ from gateway.request.observe import Observer
 from gateway.request.overload import LoopLag, OverloadGuard
 from gateway.request.pipeline import Pipeline
 from gateway.request.shadow import ShadowRunner
+from gateway.request.tracing import build_tracing
 from gateway.routing.discovery import EngineDiscovery, Resolver, resolve_dns
 from gateway.routing.health import Breakers, RetryBudget
 from gateway.routing.monitor import EngineMonitor
@@ -43,6 +45,9 @@ from gateway.throttle import FailedAttempts
 from gateway.tokens import TokenCounter
 from gateway.upstream.http import HttpTransport
 from gateway.upstream.transport import Transport
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace.export import SpanExporter
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +81,13 @@ async def build_services(
     monitor: bool = True,
     resolver: Resolver = resolve_dns,
     transport: Transport | None = None,
+    span_exporter: SpanExporter | None = None,
 ) -> AsyncIterator[Services]:
-    """Build every service once; tear them down in reverse order."""
+    """Build every service once; tear them down in reverse order.
+
+    ``span_exporter`` replaces the OTLP exporter when tracing is on (tests pass the
+    SDK's in-memory one); with tracing off it is not used.
+    """
     metrics = Metrics()
     pool = EnginePool(settings.engines, metrics_stale_s=settings.routing.breaker.metrics_stale_s)
     breakers = Breakers(settings.routing.breaker)
@@ -101,6 +111,7 @@ async def build_services(
     if keys is not None:
         authenticator = ChainAuthenticator(authenticator, keys.authenticator)
     quotas = quotas or await build_quota_store(settings)
+    tracing = build_tracing(settings.tracing, span_exporter)
     pipeline = Pipeline(
         settings=settings,
         authenticator=authenticator,
@@ -127,6 +138,7 @@ async def build_services(
         recorder=recorder,
         observer=Observer(metrics, access_log=settings.server.access_log),
         shadow=shadow,
+        tracing=tracing,
     )
     metrics.in_flight.set_function(lambda: pipeline.active)
     quota_status = getattr(quotas, "status", None)
@@ -152,6 +164,7 @@ async def build_services(
         discovery=discovery,
         ledger=ledger,
         keys=keys,
+        tracing=tracing,
         started_at=time.time(),
         admin_failures=FailedAttempts(
             settings.auth.admin_max_failures, settings.auth.admin_lockout_s
@@ -182,6 +195,8 @@ async def build_services(
         await transport.aclose()
         if keys is not None:
             keys.close()
+        # Last: every request has ended its spans. The flush may wait on the collector.
+        await asyncio.to_thread(tracing.shutdown)
 
 
 def shadow_runner(

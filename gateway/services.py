@@ -19,6 +19,7 @@ from gateway.metrics import Metrics
 from gateway.quotas.base import QuotaStore
 from gateway.request.overload import OverloadGuard
 from gateway.request.pipeline import Pipeline
+from gateway.request.tracing import Tracing
 from gateway.routing.discovery import EngineDiscovery
 from gateway.routing.health import Breakers
 from gateway.routing.monitor import EngineMonitor
@@ -51,6 +52,8 @@ class Services:
     ledger: Ledger | None
     #: None without a key database (static keys only).
     keys: KeyServices | None
+    #: Spans per request stage (a no-op unless ``tracing.enabled``).
+    tracing: Tracing
     #: Unix time the services were built (the ``created`` of ``/v1/models``).
     started_at: float
     #: Failed admin logins per client address (see :mod:`gateway.throttle`).

@@ -70,7 +70,7 @@ class OpenAIRoutes:
         if endpoint is None:
             await self.app(scope, receive, send)
             return
-        authorization = client_id = length = None
+        authorization = client_id = length = traceparent = None
         for name, value in scope["headers"]:
             if name == b"authorization":
                 authorization = value.decode("latin-1")
@@ -78,13 +78,15 @@ class OpenAIRoutes:
                 client_id = value.decode("latin-1")
             elif name == b"content-length":
                 length = value
+            elif name == b"traceparent":
+                traceparent = value
         rid = client_id if client_id and _REQUEST_ID.match(client_id) else self._ids.next()
         try:
             if scope["method"] != "POST":
                 refusal = InvalidRequestError("Method Not Allowed", code="http_405")
                 refusal.status_code = 405
                 raise refusal
-            response = await self._serve(receive, endpoint, rid, authorization, length)
+            response = await self._serve(receive, endpoint, rid, authorization, length, traceparent)
         except GatewayError as err:
             response = Reply.error(err, {"x-request-id": rid, **err.headers})
         except Exception as exc:  # the one place a bug becomes a 500, never a trace
@@ -101,6 +103,7 @@ class OpenAIRoutes:
         rid: str,
         authorization: str | None,
         length: bytes | None,
+        traceparent: bytes | None,
     ) -> Any:
         svc: Services = self.app.state.services
         if svc.draining:
@@ -119,7 +122,7 @@ class OpenAIRoutes:
             ) from None
         if body is None:
             return None
-        ctx = pipeline.new_context(rid, endpoint)
+        ctx = pipeline.new_context(rid, endpoint, traceparent)
         # A client that hangs up while a non-streaming request runs aborts it upstream too
         # (streams have their own watcher in SSEResponse).
         task = asyncio.current_task()

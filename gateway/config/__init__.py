@@ -9,6 +9,7 @@ start: a bad config raises :class:`ConfigError` whose message names the field.
 - :mod:`gateway.config.server`: ``server`` and ``auth`` (listeners, keys, admin)
 - :mod:`gateway.config.routing`: ``engines``, ``models``, ``timeouts``, ``routing``
 - :mod:`gateway.config.accounting`: ``quotas``, ``ledger``, ``pricing``
+- :mod:`gateway.config.tracing`: ``tracing`` (OpenTelemetry, off by default)
 - :mod:`gateway.config.settings`: ``Settings`` (cross-section checks, loading)
 """
 
@@ -27,6 +28,7 @@ from gateway.config.routing import (
 )
 from gateway.config.server import AuthSettings, KeyLimits, ServerSettings, StaticKey
 from gateway.config.settings import DEFAULT_CONFIG, Settings, describe_validation_error
+from gateway.config.tracing import TracingSettings
 
 __all__ = [
     "DEFAULT_CONFIG",
@@ -48,6 +50,7 @@ __all__ = [
     "ShadowSettings",
     "StaticKey",
     "TimeoutSettings",
+    "TracingSettings",
     "data_dir",
     "describe_validation_error",
 ]

@@ -25,6 +25,7 @@ from gateway.config.routing import (
     TimeoutSettings,
 )
 from gateway.config.server import AuthSettings, ServerSettings
+from gateway.config.tracing import TracingSettings
 
 DEFAULT_CONFIG = Path("configs/tollgate.yaml")
 
@@ -45,6 +46,7 @@ class Settings(BaseSettings):
     quotas: QuotaSettings = Field(default_factory=QuotaSettings)
     ledger: LedgerSettings = Field(default_factory=LedgerSettings)
     pricing: PricingSettings = Field(default_factory=PricingSettings)
+    tracing: TracingSettings = Field(default_factory=TracingSettings)
 
     @classmethod
     def settings_customise_sources(

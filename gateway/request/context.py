@@ -12,6 +12,7 @@ from gateway.errors import GatewayError
 from gateway.protocol import Endpoint, ParsedRequest
 from gateway.quotas.base import Reservation
 from gateway.request.metering import Output, Usage
+from gateway.request.tracing import NULL_TRACE, RequestTrace
 from gateway.routing.plan import TierPlan
 from gateway.routing.router import RouteDecision
 from gateway.upstream.engine import Engine
@@ -61,6 +62,11 @@ class RequestContext:
     cost_nusd: int = 0
     concluded: bool = False
     finished: bool = False
+    #: The request's spans (the shared no-op one while tracing is off).
+    trace: RequestTrace = NULL_TRACE
+    #: The ``traceparent`` sent to the engine: the client's (checked) while tracing is
+    #: off, the forward span's while it is on; None sends none.
+    traceparent: str | None = None
 
     @property
     def tier(self) -> str:

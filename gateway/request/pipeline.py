@@ -35,6 +35,7 @@ from gateway.request.observe import Observer
 from gateway.request.reply import Reply
 from gateway.request.shadow import ShadowRunner
 from gateway.request.streaming import SSE_HEADERS, SSEResponse, StreamOutcome, UsageTracker, frame
+from gateway.request.tracing import NullTracing, Tracing, incoming_traceparent
 from gateway.routing.router import RouteDecision, Router
 from gateway.tokens import TokenCounter
 from gateway.upstream.engine import Engine
@@ -65,6 +66,7 @@ class Pipeline:
         recorder: Recorder,
         observer: Observer,
         shadow: ShadowRunner | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self.authenticator = authenticator
         self.admission = admission
@@ -77,6 +79,7 @@ class Pipeline:
         self.recorder = recorder
         self.observer = observer
         self.shadow = shadow
+        self.tracing = tracing or NullTracing()
         self._server = settings.server
         self._cost_in_usage = settings.pricing.cost_in_usage
         self._cost_header = settings.pricing.cost_header
@@ -84,21 +87,31 @@ class Pipeline:
         #: Requests between authentication and finish (the in-flight gauge reads it).
         self.active = 0
 
-    def new_context(self, request_id: str, endpoint: Endpoint) -> RequestContext:
-        return RequestContext(request_id=request_id, endpoint=endpoint)
+    def new_context(
+        self, request_id: str, endpoint: Endpoint, traceparent: bytes | None = None
+    ) -> RequestContext:
+        ctx = RequestContext(request_id=request_id, endpoint=endpoint)
+        if traceparent is not None:  # the client's trace context (see request/tracing.py)
+            ctx.traceparent = incoming_traceparent(traceparent)
+        return ctx
 
     async def handle(
         self, ctx: RequestContext, authorization: str | None, body: bytes
     ) -> Reply | SSEResponse:
         self.active += 1
+        ctx.trace = trace = self.tracing.begin(ctx)
         try:
+            trace.enter("authenticate")
             principal = await self.authenticator.authenticate(bearer_token(authorization))
             ctx.principal = principal
+            trace.enter("admit")
             admitted = await self.admission.admit(ctx, principal, body)
         except BaseException as err:
             self.active -= 1
-            if isinstance(err, GatewayError):
-                self.observer.rejected(ctx, err)
+            refusal = err if isinstance(err, GatewayError) else None
+            if refusal is not None:
+                self.observer.rejected(ctx, refusal)
+            trace.close(refusal)
             raise
         ctx.admitted = admitted
         if admitted.request.stream:
@@ -127,12 +140,14 @@ class Pipeline:
     # ------------------------------------------------------------------ stages
 
     def _route(self, ctx: RequestContext, admitted: Admitted) -> RouteDecision:
+        ctx.trace.enter("route")
         ctx.decision = decision = route.decide(admitted, self.router)
         self.forwarder.retry_budget.on_request()
         if decision.shadow is not None and self.shadow is not None:
             # Fire and forget: never awaited by, nor billed to, this request.
             req = admitted.request
             self.shadow.mirror(decision.shadow, ctx.endpoint, req.raw, ctx.request_id, req.model)
+        ctx.trace.enter("forward")  # from here to the last byte of the answer
         return decision
 
     async def _send(
@@ -140,7 +155,9 @@ class Pipeline:
     ) -> bytes:
         async def call(engine: Engine) -> AsyncGenerator[bytes]:
             body = upstream_body(admitted, engine)
-            resp = await self.transport.send(engine, ctx.endpoint, body, ctx.request_id)
+            resp = await self.transport.send(
+                engine, ctx.endpoint, body, ctx.request_id, ctx.traceparent
+            )
             yield resp.body
 
         payload = b""
@@ -160,7 +177,9 @@ class Pipeline:
             tracker = UsageTracker()
             budget = self._stream_budget(admitted, engine)
             body = upstream_body(admitted, engine)
-            upstream = await self.transport.open_stream(engine, ctx.endpoint, body, ctx.request_id)
+            upstream = await self.transport.open_stream(
+                engine, ctx.endpoint, body, ctx.request_id, ctx.traceparent
+            )
             try:
                 async for batch in upstream.batches():
                     # Frames that arrived together leave together: one write, no delay.
@@ -222,6 +241,7 @@ class Pipeline:
             ctx.http_status = ctx.error.status_code
             if ctx.status == "ok":
                 ctx.status = "timeout" if ctx.error.status_code == 504 else "error"
+        ctx.trace.enter("settle")  # ends forward: at the last byte, or where it failed
         engine = ctx.engine
         if engine is not None and ctx.usage is None:
             if ctx.output.chunks or ctx.status in _ENGINE_WORKED:
@@ -251,8 +271,10 @@ class Pipeline:
         ctx.finished = True
         self.active -= 1
         await self.conclude(ctx)
+        ctx.trace.enter("record")
         self._record(ctx)
         self.observer.finished(ctx)
+        ctx.trace.close()
 
     def _record(self, ctx: RequestContext) -> None:
         engine, admitted = ctx.engine, ctx.admitted

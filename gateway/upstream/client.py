@@ -88,7 +88,12 @@ class AiohttpTransport:
         return session
 
     async def send(
-        self, engine: Engine, endpoint: Endpoint, body: bytes, request_id: str
+        self,
+        engine: Engine,
+        endpoint: Endpoint,
+        body: bytes,
+        request_id: str,
+        traceparent: str | None = None,
     ) -> UpstreamResponse:
         """Forward a non-streaming request; raise a GatewayError on any failure."""
         session = self._session(engine)
@@ -98,7 +103,7 @@ class AiohttpTransport:
                 session.post(
                     engine.url + endpoint.path,
                     data=body,
-                    headers={"x-request-id": request_id},
+                    headers=_headers(request_id, traceparent),
                     allow_redirects=False,
                 ) as resp,
             ):
@@ -114,7 +119,12 @@ class AiohttpTransport:
         return UpstreamResponse(resp.status, content)
 
     async def open_stream(
-        self, engine: Engine, endpoint: Endpoint, body: bytes, request_id: str
+        self,
+        engine: Engine,
+        endpoint: Endpoint,
+        body: bytes,
+        request_id: str,
+        traceparent: str | None = None,
     ) -> AiohttpStream:
         """Start a streaming request and return once the engine accepted it (status 200)."""
         session = self._session(engine)
@@ -124,7 +134,7 @@ class AiohttpTransport:
                 resp = await session.post(
                     engine.url + endpoint.path,
                     data=body,
-                    headers={"x-request-id": request_id},
+                    headers=_headers(request_id, traceparent),
                     allow_redirects=False,
                 )
         except aiohttp.ClientError as exc:
@@ -166,3 +176,9 @@ class AiohttpTransport:
         sessions, self._sessions = list(self._sessions.values()), {}
         for session in sessions:
             await session.close()
+
+
+def _headers(request_id: str, traceparent: str | None) -> dict[str, str]:
+    if traceparent is None:
+        return {"x-request-id": request_id}
+    return {"x-request-id": request_id, "traceparent": traceparent}

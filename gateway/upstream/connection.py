@@ -195,8 +195,10 @@ class ConnectionPool:
         self._heads: dict[str, bytes] = {}
 
     # -- request bytes
-    def post(self, path: str, body: bytes, request_id: str) -> bytes:
-        """The whole request: a prefix built once per path, then length, id and body."""
+    def post(
+        self, path: str, body: bytes, request_id: str, traceparent: str | None = None
+    ) -> bytes:
+        """The whole request: a prefix built once per path, then length, ids and body."""
         head = self._heads.get(path)
         if head is None:
             head = self._heads[path] = (
@@ -205,9 +207,16 @@ class ConnectionPool:
             )  # fmt: skip
         if "\r" in request_id or "\n" in request_id:
             raise ValueError("request id with a line break")
-        tail = b"content-length: %d\r\nx-request-id: %s\r\n\r\n" % (
-            len(body), request_id.encode("latin-1"),
-        )  # fmt: skip
+        if traceparent is None:
+            tail = b"content-length: %d\r\nx-request-id: %s\r\n\r\n" % (
+                len(body), request_id.encode("latin-1"),
+            )  # fmt: skip
+        else:
+            if "\r" in traceparent or "\n" in traceparent:
+                raise ValueError("traceparent with a line break")
+            tail = b"content-length: %d\r\nx-request-id: %s\r\ntraceparent: %s\r\n\r\n" % (
+                len(body), request_id.encode("latin-1"), traceparent.encode("latin-1"),
+            )  # fmt: skip
         return head + tail + body
 
     def get(self, path: str) -> bytes:

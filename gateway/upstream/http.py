@@ -130,13 +130,19 @@ class HttpTransport:
         return pool
 
     async def send(
-        self, engine: Engine, endpoint: Endpoint, body: bytes, request_id: str
+        self,
+        engine: Engine,
+        endpoint: Endpoint,
+        body: bytes,
+        request_id: str,
+        traceparent: str | None = None,
     ) -> UpstreamResponse:
         """Forward a non-streaming request; raise a GatewayError on any failure."""
         pool = self._pool(engine)
         loop = pool.loop
         deadline = loop.time() + self._timeouts.total_s
-        conn = await self._start(engine, pool, pool.post(endpoint.path, body, request_id), False)
+        request = pool.post(endpoint.path, body, request_id, traceparent)
+        conn = await self._start(engine, pool, request, False)
         timer = loop.call_at(deadline, conn.expire)
         try:
             await conn.until_complete()
@@ -156,13 +162,19 @@ class HttpTransport:
         return UpstreamResponse(status, content)
 
     async def open_stream(
-        self, engine: Engine, endpoint: Endpoint, body: bytes, request_id: str
+        self,
+        engine: Engine,
+        endpoint: Endpoint,
+        body: bytes,
+        request_id: str,
+        traceparent: str | None = None,
     ) -> HttpStream:
         """Start a streaming request and return once the engine accepted it (status 200)."""
         pool = self._pool(engine)
         loop = pool.loop
         started = loop.time()
-        conn = await self._start(engine, pool, pool.post(endpoint.path, body, request_id), True)
+        request = pool.post(endpoint.path, body, request_id, traceparent)
+        conn = await self._start(engine, pool, request, True)
         timer = loop.call_at(started + self._timeouts.ttft_s, conn.expire)
         try:
             await conn.until_headers()

@@ -32,6 +32,7 @@ class MockRequest:
     body: bytes
     request_id: str
     stream: bool
+    traceparent: str | None = None
 
     @property
     def json(self) -> Any:
@@ -131,9 +132,15 @@ class MockTransport:
         return reply
 
     async def send(
-        self, engine: Engine, endpoint: Endpoint, body: bytes, request_id: str
+        self,
+        engine: Engine,
+        endpoint: Endpoint,
+        body: bytes,
+        request_id: str,
+        traceparent: str | None = None,
     ) -> UpstreamResponse:
-        reply = await self._reply(MockRequest(engine, endpoint, body, request_id, False))
+        request = MockRequest(engine, endpoint, body, request_id, False, traceparent)
+        reply = await self._reply(request)
         if reply.delay_s:
             try:
                 async with asyncio.timeout(self.timeouts.total_s):
@@ -145,10 +152,15 @@ class MockTransport:
         return UpstreamResponse(reply.status, reply.body)
 
     async def open_stream(
-        self, engine: Engine, endpoint: Endpoint, body: bytes, request_id: str
+        self,
+        engine: Engine,
+        endpoint: Endpoint,
+        body: bytes,
+        request_id: str,
+        traceparent: str | None = None,
     ) -> MockStream:
         started = asyncio.get_running_loop().time()
-        request = MockRequest(engine, endpoint, body, request_id, True)
+        request = MockRequest(engine, endpoint, body, request_id, True, traceparent)
         reply = await self._reply(request)
         if reply.status >= 400:
             raise translate_status(engine.tier, reply.status, reply.body)

@@ -50,14 +50,28 @@ class UpstreamStream(Protocol):
 
 
 class Transport(Protocol):
-    """How the gateway reaches its engines. Every failure is a GatewayError."""
+    """How the gateway reaches its engines. Every failure is a GatewayError.
+
+    ``send`` and ``open_stream`` pass ``request_id`` as ``x-request-id`` and, when not
+    None, ``traceparent`` as the W3C header of that name.
+    """
 
     async def send(
-        self, engine: Engine, endpoint: Endpoint, body: bytes, request_id: str
+        self,
+        engine: Engine,
+        endpoint: Endpoint,
+        body: bytes,
+        request_id: str,
+        traceparent: str | None = None,
     ) -> UpstreamResponse: ...
 
     async def open_stream(
-        self, engine: Engine, endpoint: Endpoint, body: bytes, request_id: str
+        self,
+        engine: Engine,
+        endpoint: Endpoint,
+        body: bytes,
+        request_id: str,
+        traceparent: str | None = None,
     ) -> UpstreamStream: ...
 
     async def get(self, engine: Engine, path: str, timeout: float) -> ProbeResponse: ...
