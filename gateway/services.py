@@ -24,6 +24,7 @@ from gateway.routing.health import Breakers
 from gateway.routing.monitor import EngineMonitor
 from gateway.routing.pool import EnginePool
 from gateway.routing.router import Router
+from gateway.routing.state import StateWatcher
 from gateway.throttle import FailedAttempts
 from gateway.tokens import TokenCounter
 from gateway.upstream.transport import Transport
@@ -51,6 +52,8 @@ class Services:
     ledger: Ledger | None
     #: None without a key database (static keys only).
     keys: KeyServices | None
+    #: Applies ``routing.state_file`` to the learned policy (None: no learned policy).
+    routing_state: StateWatcher | None
     #: Unix time the services were built (the ``created`` of ``/v1/models``).
     started_at: float
     #: Failed admin logins per client address (see :mod:`gateway.throttle`).

@@ -17,9 +17,10 @@ from typing import Any
 from gateway.config import ModelSettings, Settings
 from gateway.errors import EngineUnavailableError, InvalidRequestError, NotFoundError
 from gateway.routing.balancer import Balancer, prefix_hash
-from gateway.routing.features import Features, Policy
+from gateway.routing.features import Features, Policy, Score, ScoringPolicy
 from gateway.routing.health import Breakers
-from gateway.routing.policies import build_policy
+from gateway.routing.learned import LearnedPolicy
+from gateway.routing.policies import build_policy, learned_of, scores
 from gateway.routing.pool import EnginePool
 from gateway.routing.rollout import TierRollout
 from gateway.upstream.engine import Engine
@@ -35,6 +36,8 @@ class RouteDecision:
     candidates: list[Engine] = field(default_factory=list)
     #: A shadow engine to mirror this request to (answer discarded), if sampled.
     shadow: Engine | None = None
+    #: The learned policy's score, when it decided (recorded on the ledger).
+    score: Score | None = None
 
 
 class Router:
@@ -58,6 +61,7 @@ class Router:
             for alias in m.aliases:
                 self._models[alias] = m
         self._policy = policy or build_policy(routing.policy, routing.params)
+        self._scoring: ScoringPolicy | None = self._policy if scores(self._policy) else None
         self._fallback = routing.fallback
         self._rng = rng or random.Random()
         self._balancer = Balancer(routing, pool, self._rng)
@@ -104,6 +108,11 @@ class Router:
     def policy(self) -> Policy:
         return self._policy
 
+    @property
+    def learned(self) -> LearnedPolicy | None:
+        """The learned policy deciding ``auto`` requests, if that is the configured one."""
+        return learned_of(self._policy)
+
     def public_models(self) -> list[ModelSettings]:
         return list(self._settings.models)
 
@@ -136,10 +145,13 @@ class Router:
 
     def decide(self, model: ModelSettings, features: Features) -> RouteDecision:
         self._sync()
-        if model.auto:
-            tier, reason = self._policy.choose(features, self._pool)
-        else:
+        score: Score | None = None
+        if not model.auto:
             tier, reason = model.tier or "", "by_name"
+        elif self._scoring is not None:
+            tier, reason, score = self._scoring.choose_scored(features, self._pool)
+        else:
+            tier, reason = self._policy.choose(features, self._pool)
         candidates = self._ranked(tier, features)
         if self._fallback:
             fallback = model.fallback_tier or self._other_tier(tier)
@@ -161,6 +173,7 @@ class Router:
             reason=reason,
             candidates=candidates,
             shadow=shadow[0] if shadow is not None and sampled else None,
+            score=score,
         )
 
     def _retry_after(self) -> int:
