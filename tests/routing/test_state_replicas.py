@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,8 @@ import openai
 import pytest
 
 from engines.standin.process import StandinProcess
-from gateway.config import Settings
+from gateway.app import build_services
+from gateway.config import ConfigError, Settings
 from gateway.routing.state import RoutingState, write_state
 from tests.support import CLIENT_KEY, EngineSpec, RunningGateway, gateway_config, serve_in_thread
 
@@ -72,5 +74,10 @@ def test_a_damaged_state_file_stops_the_start(
         EngineSpec("large-0", standin_pair["large"].base_url, "large", "standin-large"),
     ]
     cfg = gateway_config(tmp_path, specs, routing={"policy": "learned", "state_file": str(state)})
-    with pytest.raises(RuntimeError, match="did not start"), serve_in_thread(Settings(**cfg)):
-        pass
+
+    async def start() -> None:
+        async with build_services(Settings(**cfg), monitor=False):
+            raise AssertionError("the gateway started on a damaged state file")
+
+    with pytest.raises(ConfigError, match=r"routing-state\.json: threshold"):
+        asyncio.run(start())
