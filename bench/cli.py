@@ -63,6 +63,10 @@ SCENARIOS: dict[str, Scenario] = {
         "fuzz", "Does any input reach a 5xx, a stack trace or an undocumented answer?",
         "fuzz.{md,json}",
     ),
+    "calibration": Scenario(
+        "calibration", "The learned router calibrated and retrained on feedback "
+        "(synthetic labelled traffic; issue 14)", "calibration.{md,png}",
+    ),
     "awq-quality": Scenario(
         "awq_quality", "Quality of the small tier's 4-bit model against bf16 (real engines)",
         "awq_quality.{md,json}",
