@@ -40,10 +40,10 @@ SYNTHETIC = (
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench calibration", description=__doc__)
-    add_arguments(parser, "800 requests instead of 4,000")
+    add_arguments(parser, "1,000 requests instead of 4,000")
     parser.add_argument("--requests", type=int, default=None)
     args = parser.parse_args(argv)
-    n = args.requests or (800 if args.quick else 4000)
+    n = args.requests or (1000 if args.quick else 4000)
     out = out_dir(args.quick, args.out)
     with tempfile.TemporaryDirectory(prefix="tg-calibration-") as tmp:
         return _run(Path(tmp), n, out)

@@ -8,7 +8,7 @@ from bench import calibration
 
 
 def test_a_small_run_writes_a_report_and_plot_marked_synthetic(tmp_path: Path) -> None:
-    assert calibration.main(["--requests", "600", "--out", str(tmp_path)]) == 0
+    assert calibration.main(["--requests", "1000", "--out", str(tmp_path)]) == 0
     text = (tmp_path / "calibration.md").read_text()
     assert "**Synthetic data.**" in text and "SYNTHETIC data (see above)" in text
     assert text.count("$ tollgate routing calibrate --target-large-share 0.3") == 2
