@@ -5,8 +5,8 @@ policy routed have them) feed ``tollgate routing calibrate``; ``route_feedback``
 labels clients send to ``POST /v1/feedback``, one per (key, request id), for
 ``tollgate routing train``.
 
-Revision ID: 0004_route_feedback
-Revises: 0003_key_grace
+Revision ID: 0005_route_feedback
+Revises: 0004_savings_by_routing
 Create Date: 2026-12-03
 """
 
@@ -17,8 +17,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0004_route_feedback"
-down_revision: str | None = "0003_key_grace"
+revision: str = "0005_route_feedback"
+down_revision: str | None = "0004_savings_by_routing"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
