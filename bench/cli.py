@@ -81,6 +81,10 @@ SCENARIOS: dict[str, Scenario] = {
         "local_prices", "Throughput of the real local engines, and the prices derived from it",
         "local_prices.{md,json}, configs/measured/local-cpu/, configs/prices.yaml",
     ),
+    "calibration": Scenario(
+        "calibration", "The learned router calibrated and retrained on feedback "
+        "(synthetic labelled traffic; issue 14)", "calibration.{md,png}",
+    ),
     "awq-quality": Scenario(
         "awq_quality", "Quality of the small tier's 4-bit model against bf16 (real engines)",
         "awq_quality.{md,json}",

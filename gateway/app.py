@@ -8,6 +8,7 @@ import gc
 import logging
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI
@@ -16,7 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.api import admin, admin_keys, admin_reports, health, openai, schema
+from gateway.api import admin, admin_keys, admin_reports, feedback, health, openai, schema
 from gateway.auth import Authenticator, Limits, Principal, StaticKeyAuthenticator, key_prefix
 from gateway.config import Settings
 from gateway.errors import GatewayError, InternalError, InvalidRequestError, NotFoundError
@@ -40,6 +41,7 @@ from gateway.routing.health import Breakers, RetryBudget
 from gateway.routing.monitor import EngineMonitor
 from gateway.routing.pool import EnginePool
 from gateway.routing.router import Router
+from gateway.routing.state import StateWatcher
 from gateway.services import Services
 from gateway.throttle import FailedAttempts
 from gateway.tokens import TokenCounter
@@ -93,6 +95,7 @@ async def build_services(
     breakers = Breakers(settings.routing.breaker)
     transport = transport or HttpTransport(settings.timeouts)
     router = Router(settings, pool, breakers)
+    routing_state = state_watcher(settings, router)
     meter = Meter(PriceBook.load(settings.pricing.file), pool.entries_by_tier)
     tokens = TokenCounter({e.model: e.tokenizer for e in settings.engines})
     for model, how in tokens.describe_bounds().items():
@@ -165,6 +168,7 @@ async def build_services(
         ledger=ledger,
         keys=keys,
         tracing=tracing,
+        routing_state=routing_state,
         started_at=time.time(),
         admin_failures=FailedAttempts(
             settings.auth.admin_max_failures, settings.auth.admin_lockout_s
@@ -176,6 +180,8 @@ async def build_services(
         await engine_monitor.check_once()
         engine_monitor.start()
     lag.start()
+    if routing_state is not None:
+        routing_state.start()
     # Move the start-up heap (FastAPI, pydantic, tokenizers) out of the collector's reach:
     # without this, gen-2 collections walk it and pause the loop for 50-95 ms (bench/).
     gc.collect()
@@ -185,6 +191,8 @@ async def build_services(
     finally:
         svc.draining = True
         await lag.stop()
+        if routing_state is not None:
+            await routing_state.stop()
         await discovery.stop()
         await engine_monitor.stop()
         if shadow is not None:
@@ -197,6 +205,18 @@ async def build_services(
             keys.close()
         # Last: every request has ended its spans. The flush may wait on the collector.
         await asyncio.to_thread(tracing.shutdown)
+
+
+def state_watcher(settings: Settings, router: Router) -> StateWatcher | None:
+    """Apply ``routing.state_file`` now (a damaged file fails the start) and watch it."""
+    learned = router.learned
+    if learned is None:
+        return None
+    watcher = StateWatcher(
+        Path(settings.routing.state_file), learned.apply, settings.routing.state_poll_s
+    )
+    watcher.load_once()
+    return watcher
 
 
 def shadow_runner(
@@ -247,6 +267,7 @@ def create_app(settings: Settings, **service_overrides: Any) -> openai.OpenAIRou
     )
     install_error_handlers(app)
     app.include_router(openai.router)
+    app.include_router(feedback.router)
     app.include_router(health.router)
     app.state.admin_app = admin_app
     if admin_app is None:  # else /admin listens only on server.admin_port

@@ -80,8 +80,10 @@ def _mount_optional() -> None:
     """Sub-commands from other packages (engines, keys, reports...)."""
     from gateway.cli_finance import register as register_finance
     from gateway.cli_keys import app as keys_app
+    from gateway.cli_routing import app as routing_app
 
     app.add_typer(keys_app, name="keys", help="Managed API keys and teams.")
+    app.add_typer(routing_app, name="routing", help="The learned router: calibrate, train.")
     register_finance(app)
     try:
         from engines.cli import app as engines_app

@@ -189,6 +189,13 @@ class Metrics:
             ["signal"],
             registry=r,
         )
+        self.feedback = Counter(
+            "tollgate_feedback",
+            "POST /v1/feedback answers by outcome (stored, replaced, not_found, invalid, "
+            "unauthorized, rate_limited, unavailable).",
+            ["outcome"],
+            registry=r,
+        )
         self.quota_refusals = Counter(
             "tollgate_quota_refusals",
             "Requests refused by a quota, by the limit hit (rpm, tpm, concurrency, "

@@ -25,6 +25,7 @@ from gateway.routing.health import Breakers
 from gateway.routing.monitor import EngineMonitor
 from gateway.routing.pool import EnginePool
 from gateway.routing.router import Router
+from gateway.routing.state import StateWatcher
 from gateway.throttle import FailedAttempts
 from gateway.tokens import TokenCounter
 from gateway.upstream.transport import Transport
@@ -54,6 +55,8 @@ class Services:
     keys: KeyServices | None
     #: Spans per request stage (a no-op unless ``tracing.enabled``).
     tracing: Tracing
+    #: Applies ``routing.state_file`` to the learned policy (None: no learned policy).
+    routing_state: StateWatcher | None
     #: Unix time the services were built (the ``created`` of ``/v1/models``).
     started_at: float
     #: Failed admin logins per client address (see :mod:`gateway.throttle`).

@@ -8,6 +8,7 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, model_validator
 
+from gateway.config.accounting import data_dir
 from gateway.config.base import Section
 
 
@@ -202,3 +203,9 @@ class RoutingSettings(Section):
     fallback: bool = True
     #: Per-tier rollout (canary split, sticky A/B, shadow), keyed by tier.
     rollouts: dict[str, RolloutSettings] = Field(default_factory=dict)
+    #: The learned policy's calibrated threshold (and trained weights), written by
+    #: ``tollgate routing calibrate|train``; every replica applies it at start and when
+    #: it changes. Point every replica at one shared file (or copy it to each).
+    state_file: str = Field(default_factory=lambda: str(data_dir() / "routing-state.json"))
+    #: How often a replica looks at the state file's mtime (no I/O per request).
+    state_poll_s: float = Field(2.0, gt=0)

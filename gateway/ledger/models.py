@@ -84,18 +84,37 @@ class LedgerRow(Base):
     cost_nusd: Mapped[int] = mapped_column(BigInteger)
     counterfactual_nusd: Mapped[int] = mapped_column(BigInteger)
     price_version: Mapped[str] = mapped_column(String())
+    route_score: Mapped[float | None] = mapped_column(Float, nullable=True)
+    #: The learned router's inputs as comma-separated numbers (see :func:`encode_features`).
+    route_features: Mapped[str | None] = mapped_column(String(), nullable=True)
 
 
 RECORD_FIELDS: tuple[str, ...] = tuple(LedgerRecord.__dataclass_fields__)
+
+
+def encode_features(features: tuple[float, ...] | None) -> str | None:
+    """``0.51,0.3,...``: short, and the same text on both backends."""
+    if features is None:
+        return None
+    return ",".join(f"{v:.6g}" for v in features)
+
+
+def decode_features(text: str | None) -> tuple[float, ...] | None:
+    if not text:
+        return None
+    return tuple(float(v) for v in text.split(","))
 
 
 def row_values(rec: LedgerRecord) -> dict[str, Any]:
     """Column values for one record (the insert's parameters)."""
     values = {name: getattr(rec, name) for name in RECORD_FIELDS}
     values["day"] = rec.finished_at.astimezone(dt.UTC).date().isoformat()
+    values["route_features"] = encode_features(rec.route_features)
     return values
 
 
 def record_of(row: LedgerRow) -> LedgerRecord:
     """The record a row was written from."""
-    return LedgerRecord(**{name: getattr(row, name) for name in RECORD_FIELDS})
+    values = {name: getattr(row, name) for name in RECORD_FIELDS}
+    values["route_features"] = decode_features(row.route_features)
+    return LedgerRecord(**values)

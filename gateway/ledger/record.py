@@ -37,6 +37,10 @@ class LedgerRecord:
     #: What the same usage would have cost on the reference (large) tier.
     counterfactual_nusd: int
     price_version: str
+    #: The learned router's P(large needed), when it routed this request.
+    route_score: float | None = None
+    #: Its input vector (without the bias), so the model can be re-scored and retrained.
+    route_features: tuple[float, ...] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from prometheus_client import CollectorRegistry
 
 from gateway.config import LedgerSettings
+from gateway.ledger.feedback import FeedbackStore
 from gateway.ledger.reports import Reports
 from gateway.ledger.store import LedgerStore
 from gateway.ledger.writer import LedgerWriter
@@ -20,6 +21,8 @@ class Ledger:
     store: LedgerStore
     writer: LedgerWriter
     reports: Reports
+    #: Outcome labels from ``POST /v1/feedback`` (same database).
+    feedback: FeedbackStore
 
     @classmethod
     async def open(
@@ -29,7 +32,7 @@ class Ledger:
         store = await asyncio.to_thread(LedgerStore.from_url, settings.url)
         writer = LedgerWriter(store, settings, registry=registry)
         await writer.start()
-        return cls(store, writer, Reports(store.engine))
+        return cls(store, writer, Reports(store.engine), FeedbackStore(store.engine))
 
     async def aclose(self) -> None:
         """Flush the writer (bounded), then release the database."""

@@ -40,6 +40,7 @@ from gateway.ledger.record import LedgerRecord
 log = logging.getLogger("tollgate.ledger")
 
 _DATETIME_FIELDS = ("started_at", "finished_at")
+_OPTIONAL_FIELDS = ("route_score", "route_features")
 
 
 def encode(rec: LedgerRecord) -> bytes:
@@ -53,9 +54,13 @@ def decode(line: bytes) -> LedgerRecord:
     """The record of one line; raises ValueError on a damaged line."""
     try:
         data: dict[str, Any] = orjson.loads(line)
-        values = {name: data[name] for name in RECORD_FIELDS}
+        values = {name: data[name] for name in RECORD_FIELDS if name not in _OPTIONAL_FIELDS}
         for name in _DATETIME_FIELDS:
             values[name] = dt.datetime.fromisoformat(values[name])
+        # Lines written before these fields existed lack them (journals survive upgrades).
+        values["route_score"] = data.get("route_score")
+        features = data.get("route_features")
+        values["route_features"] = tuple(features) if features is not None else None
         return LedgerRecord(**values)
     except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
         raise ValueError(f"damaged spill line: {exc}") from None

@@ -25,7 +25,7 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent
 #: pg_advisory_xact_lock key: "tollgate" as a number, shared by every replica.
 _LOCK_KEY = 0x746F6C6C67617465
 #: Modules defining tables on Base. Optional ones may not exist in every build.
-_MODEL_MODULES = ("gateway.ledger.models",)
+_MODEL_MODULES = ("gateway.ledger.models", "gateway.ledger.feedback")
 _OPTIONAL_MODEL_MODULES = ("gateway.keys",)
 #: Alembic's ``context``/``op`` are process-wide proxies, so two migrations must not run
 #: in two threads at once. The one module-level lock in the package, guarding that.

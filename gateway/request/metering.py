@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from gateway.config import EngineSettings
 from gateway.ledger.record import LedgerRecord
 from gateway.pricing import PriceBook
+from gateway.routing.features import Score
 from gateway.tokens import TokenCounter
 from gateway.upstream.engine import Engine
 
@@ -190,6 +191,8 @@ class Attribution:
     requested_model: str
     route_reason: str
     stream: bool
+    #: The learned router's score, when it decided.
+    route_score: Score | None = None
 
 
 def ledger_record(
@@ -230,4 +233,6 @@ def ledger_record(
         cost_nusd=money.cost_nusd,
         counterfactual_nusd=money.counterfactual_nusd,
         price_version=money.price_version,
+        route_score=who.route_score.value if who.route_score is not None else None,
+        route_features=who.route_score.features if who.route_score is not None else None,
     )

@@ -291,6 +291,7 @@ class Pipeline:
             requested_model=req.model,
             route_reason=ctx.route_reason,
             stream=req.stream,
+            route_score=ctx.decision.score if ctx.decision is not None else None,
         )
         usage = ctx.usage or metering.NO_USAGE
         money = metering.Charge(

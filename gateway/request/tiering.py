@@ -79,7 +79,7 @@ class TierReserver:
         ``tiers`` are every tier the model may use; ``context_tokens`` the least context
         an engine needs to take the request (the rescue tier must hold it).
         """
-        tier, reason = self._router.choose(f)
+        tier, reason, score = self._router.choose(f)
         reach = self._router.reach(model, tier)
         demand, max_tokens = size(reach)
         try:
@@ -87,7 +87,7 @@ class TierReserver:
         except QuotaExceededError as err:
             refused = err
         else:
-            return TierPlan(tier, reason, frozenset(reach), False, f), res, max_tokens
+            return TierPlan(tier, reason, frozenset(reach), False, f, score), res, max_tokens
         if f.key_defaults and f.key_defaults.get("force_tier"):
             raise refused
         tried = tier
@@ -100,7 +100,7 @@ class TierReserver:
                 refused, tried = err, cheaper
                 continue
             covered = self._covered(cheaper, tiers, cheaper_demand, size)
-            plan = TierPlan(cheaper, f"{reason};{RESCUE_REASON}", covered, True, f)
+            plan = TierPlan(cheaper, f"{reason};{RESCUE_REASON}", covered, True, f, score)
             return plan, res, cheaper_max
         if tried == tier:
             raise refused

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from gateway.config import ConfigError
 from gateway.routing.pool import EnginePool
@@ -36,11 +36,33 @@ class Features:
     prefix_blocks: tuple[int, ...] = ()
 
 
+@dataclass(frozen=True, slots=True)
+class Score:
+    """A learned policy's view of one request: P(large needed) and the model's inputs.
+
+    Both go on the ledger record, so ``tollgate routing calibrate`` can re-score recent
+    traffic under the current model and ``tollgate routing train`` can fit on it.
+    """
+
+    value: float
+    #: The model's input vector (``learned.FEATURE_NAMES`` without the bias).
+    features: tuple[float, ...]
+
+
 class Policy(Protocol):
     """Chooses a tier for a request to an auto model."""
 
     def choose(self, f: Features, pool: EnginePool) -> tuple[str, str]:
         """Return (tier, reason)."""
+        ...
+
+
+@runtime_checkable
+class ScoringPolicy(Protocol):
+    """A policy that can say how it scored the request (the learned one, or a chain on it)."""
+
+    def choose_scored(self, f: Features, pool: EnginePool) -> tuple[str, str, Score | None]:
+        """Return (tier, reason, score)."""
         ...
 
 

@@ -12,7 +12,11 @@ labels (e.g. requests where the small tier's answer was rejected or escalated).
 
 The threshold is calibrated to ``target_large_share``: the weights file carries score
 quantiles on the training distribution, and the threshold is the score above which that
-share of requests falls. On traffic unlike the training data the share will differ.
+share of requests falls. On traffic unlike the training data the share will differ, which is what
+``tollgate routing calibrate`` corrects: it sets the threshold from the scores of recent
+ledger traffic and writes it to ``routing.state_file``, which every replica applies
+(:meth:`LearnedPolicy.apply`, driven by :mod:`gateway.routing.state`).
+``tollgate routing train`` refits the weights on feedback labels the same way.
 """
 
 from __future__ import annotations
@@ -24,9 +28,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 from gateway.config import ConfigError
-from gateway.routing.features import Features, check_params, tier_names
+from gateway.routing.features import Features, Score, check_params, tier_names
 from gateway.routing.learned_weights import WEIGHTS
 from gateway.routing.pool import EnginePool
+from gateway.routing.state import RoutingState
 
 #: Keyword groups counted in the text; the order is part of the feature layout.
 GROUPS: Mapping[str, Sequence[str]] = {
@@ -139,6 +144,20 @@ class LearnedPolicy:
             share = float(params.get("target_large_share", weights["default_large_share"]))
             self.threshold = threshold_for_share(quantiles, share)
         self._quantiles = quantiles
+        #: Where the weights came from (the shipped file, or a state file's training run).
+        self.trained_on = str(weights.get("trained_on", "unknown"))
+
+    def apply(self, state: RoutingState) -> None:
+        """Take a calibrated threshold (and trained weights, if any) from a state file."""
+        if state.weights is not None:
+            if len(state.weights) != len(FEATURE_NAMES):
+                raise ConfigError(
+                    f"routing state: {len(state.weights)} weights, the model has "
+                    f"{len(FEATURE_NAMES)} features"
+                )
+            self.weights = state.weights
+            self.trained_on = state.trained_on or "routing state file"
+        self.threshold = state.threshold
 
     def score(self, f: Features) -> float:
         return probability(self.weights, featurize(f))
@@ -148,7 +167,19 @@ class LearnedPolicy:
         i = bisect.bisect_left(self._quantiles, self.threshold)
         return 1.0 - i / (len(self._quantiles) - 1)
 
+    def choose_scored(self, f: Features, pool: EnginePool) -> tuple[str, str, Score | None]:
+        x = featurize(f)
+        p = probability(self.weights, x)
+        score = Score(p, tuple(x[1:]))
+        if p >= self.threshold:
+            return self.large, "learned:large", score
+        return self.small, "learned:small", score
+
     def choose(self, f: Features, pool: EnginePool) -> tuple[str, str]:
-        if self.score(f) >= self.threshold:
-            return self.large, "learned:large"
-        return self.small, "learned:small"
+        tier, reason, _ = self.choose_scored(f, pool)
+        return tier, reason
+
+
+def vector(features: Sequence[float]) -> list[float]:
+    """The model's input from a recorded :class:`Score`'s features (the bias put back)."""
+    return [1.0, *features]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import math
 import random
+from collections.abc import Sequence
 from pathlib import Path
 
 from gateway.routing.features import Features
@@ -50,6 +51,10 @@ _TEMPLATES: dict[str, tuple[float, list[str]]] = {
         "analyze the pros and cons of {thing}", "evaluate this plan: {filler}",
     ]),
 }  # fmt: skip
+#: Why the shipped model is trained on synthetic data (checked 2026-12-03): routellm 0.2.0,
+#: the one router package on PyPI, ships no data; it fetches lmsys's arena preference set
+#: from the Hugging Face Hub at run time, which our machines cannot reach.
+DATA_NOTE = "no public preference data set ships in a package (routellm: none)"
 _THINGS = ["dates", "log files", "a rate limiter", "graphs", "bank transfers", "caches"]
 _FILLER = "the quick brown fox jumps over the lazy dog and then runs far away "
 _CODE = "def f(x):\n    return g(x) + 1\n"
@@ -87,8 +92,20 @@ def generate(n: int, rng: random.Random) -> list[tuple[Features, int]]:
 def train(
     rows: list[tuple[Features, int]], epochs: int = 300, lr: float = 0.8, l2: float = 1e-3
 ) -> list[float]:
-    xs = [featurize(f) for f, _ in rows]
-    ys = [y for _, y in rows]
+    return fit([featurize(f) for f, _ in rows], [y for _, y in rows], epochs, lr, l2)
+
+
+def fit(
+    xs: Sequence[Sequence[float]],
+    ys: Sequence[float],
+    epochs: int = 300,
+    lr: float = 0.8,
+    l2: float = 1e-3,
+) -> list[float]:
+    """Logistic regression by full-batch gradient descent (``ys`` in [0, 1]).
+
+    ``tollgate routing train`` calls this on vectors recorded in the ledger.
+    """
     w = [0.0] * len(FEATURE_NAMES)
     n = len(xs)
     for _ in range(epochs):
@@ -134,6 +151,7 @@ def main(argv: list[str] | None = None) -> None:
         + block("quantiles", [f"{q:.6f}" for q in quantiles])
         + f'    "default_large_share": {args.share},\n'
         f'    "trained_on": "synthetic: {args.samples} generated requests, seed {args.seed}",\n'
+        f'    "data_note": "{DATA_NOTE}",\n'
         f'    "heldout_accuracy": {accuracy:.4f},\n'
         f'    "heldout_large_rate": {base_rate:.4f},\n'
         "}\n"

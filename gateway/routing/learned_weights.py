@@ -141,6 +141,7 @@ WEIGHTS: Final[Mapping[str, Any]] = {
     ),
     "default_large_share": 0.3,
     "trained_on": "synthetic: 1500 generated requests, seed 7",
+    "data_note": "no public preference data set ships in a package (routellm: none)",
     "heldout_accuracy": 0.7853,
     "heldout_large_rate": 0.4920,
 }

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gateway.routing.features import Features
+from gateway.routing.features import Features, Score
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,3 +24,5 @@ class TierPlan:
     rescued: bool
     #: The features the policy saw (the budget left unknown: admission runs first).
     features: Features
+    #: The learned policy's score for the request, when it chose (for the ledger).
+    score: Score | None = None

@@ -26,10 +26,18 @@ import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeGuard
 
 from gateway.config import ConfigError
-from gateway.routing.features import Features, Override, Policy, check_params, tier_names
+from gateway.routing.features import (
+    Features,
+    Override,
+    Policy,
+    Score,
+    ScoringPolicy,
+    check_params,
+    tier_names,
+)
 from gateway.routing.learned import LearnedPolicy
 from gateway.routing.pool import EnginePool
 
@@ -227,13 +235,35 @@ class ChainPolicy:
         self.overrides = tuple(overrides)
 
     def choose(self, f: Features, pool: EnginePool) -> tuple[str, str]:
-        tier, reason = self.base.choose(f, pool)
+        tier, reason, _ = self.choose_scored(f, pool)
+        return tier, reason
+
+    def choose_scored(self, f: Features, pool: EnginePool) -> tuple[str, str, Score | None]:
+        """The base's choice (and its score, when the base scores), then the overrides."""
+        base = self.base
+        score: Score | None = None
+        if isinstance(base, LearnedPolicy):
+            tier, reason, score = base.choose_scored(f, pool)
+        else:
+            tier, reason = base.choose(f, pool)
         for o in self.overrides:
             changed = o.override(tier, f, pool)
             if changed is not None:
                 tier, why = changed
                 reason = f"{reason};{why}"
-        return tier, reason
+        return tier, reason, score
+
+
+def learned_of(policy: Policy) -> LearnedPolicy | None:
+    """The learned policy that decides first in ``policy`` (itself or a chain's base)."""
+    if isinstance(policy, ChainPolicy):
+        policy = policy.base
+    return policy if isinstance(policy, LearnedPolicy) else None
+
+
+def scores(policy: Policy) -> TypeGuard[ScoringPolicy]:
+    """Whether ``policy`` reports a score (so the router asks it for one)."""
+    return isinstance(policy, ScoringPolicy) and learned_of(policy) is not None
 
 
 PolicyFactory = Callable[[Mapping[str, Any]], Policy]

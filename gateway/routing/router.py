@@ -21,10 +21,11 @@ from typing import Any
 from gateway.config import ModelSettings, Settings
 from gateway.errors import EngineUnavailableError, InvalidRequestError, NotFoundError
 from gateway.routing.balancer import Balancer, prefix_hash
-from gateway.routing.features import Features, Policy
+from gateway.routing.features import Features, Policy, Score, ScoringPolicy
 from gateway.routing.health import Breakers
+from gateway.routing.learned import LearnedPolicy
 from gateway.routing.plan import TierPlan
-from gateway.routing.policies import build_policy
+from gateway.routing.policies import build_policy, learned_of, scores
 from gateway.routing.pool import EnginePool
 from gateway.routing.prefix_index import prefix_blocks
 from gateway.routing.rollout import TierRollout
@@ -45,6 +46,8 @@ class RouteDecision:
     #: The replica choice's note for the route reason (``scored`` balancer), e.g.
     #: ``replica=score:0.82,w:1/0.5/0.25/0.5``. Kept out of ``reason``, which labels metrics.
     replica_note: str = ""
+    #: The learned policy's score, when it decided (recorded on the ledger).
+    score: Score | None = None
 
 
 class Router:
@@ -68,6 +71,7 @@ class Router:
             for alias in m.aliases:
                 self._models[alias] = m
         self._policy = policy or build_policy(routing.policy, routing.params)
+        self._scoring: ScoringPolicy | None = self._policy if scores(self._policy) else None
         self._fallback = routing.fallback
         self._rng = rng or random.Random()
         self._balancer = Balancer(routing, pool, self._rng)
@@ -116,6 +120,11 @@ class Router:
     def policy(self) -> Policy:
         return self._policy
 
+    @property
+    def learned(self) -> LearnedPolicy | None:
+        """The learned policy deciding ``auto`` requests, if that is the configured one."""
+        return learned_of(self._policy)
+
     def public_models(self) -> list[ModelSettings]:
         return list(self._settings.models)
 
@@ -153,10 +162,16 @@ class Router:
         s = self._settings.routing.scorer
         return prefix_blocks(raw, s.block_chars, s.max_blocks)
 
-    def choose(self, features: Features) -> tuple[str, str]:
-        """The policy's (tier, reason) for a request to an ``auto`` model."""
+    def choose(self, features: Features) -> tuple[str, str, Score | None]:
+        """The policy's (tier, reason, learned score) for a request to an ``auto`` model."""
         self._sync()
-        return self._policy.choose(features, self._pool)
+        return self._choose(features)
+
+    def _choose(self, features: Features) -> tuple[str, str, Score | None]:
+        if self._scoring is not None:
+            return self._scoring.choose_scored(features, self._pool)
+        tier, reason = self._policy.choose(features, self._pool)
+        return tier, reason, None
 
     def reach(self, model: ModelSettings, tier: str) -> list[str]:
         """``tier`` and the tier that fallback may move a request there to."""
@@ -176,16 +191,17 @@ class Router:
         stays within what the reservation covers: a rescued request keeps the plan's
         tier; otherwise the policy runs again when it now knows the key's remaining
         budget (``budget:low``), and a choice outside the plan's cover falls back to the
-        plan's own."""
+        plan's own. The learned policy's score is the one admission's choice had."""
         self._sync()
+        score: Score | None = None
         if plan is not None:
-            tier, reason = plan.tier, plan.reason
+            tier, reason, score = plan.tier, plan.reason, plan.score
             if not plan.rescued and features.budget_remaining_nusd is not None:
                 chosen = self._policy.choose(features, self._pool)
                 if chosen[0] in plan.covered:
                     tier, reason = chosen
         elif model.auto:
-            tier, reason = self._policy.choose(features, self._pool)
+            tier, reason, score = self._choose(features)
         else:
             tier, reason = model.tier or "", "by_name"
         candidates, note = self._ranked(tier, features)
@@ -210,6 +226,7 @@ class Router:
             candidates=candidates,
             shadow=shadow[0] if shadow is not None and sampled else None,
             replica_note=note,
+            score=score,
         )
 
     def _retry_after(self) -> int:

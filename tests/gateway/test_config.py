@@ -30,6 +30,17 @@ def test_loads_yaml_and_defaults(tmp_path: Path) -> None:
     assert s.models[0].aliases == ["gpt-4o-mini"]
 
 
+def test_routing_state_file_defaults_to_the_data_dir_and_env_overrides_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    s = Settings.load(write(tmp_path, BASE))
+    assert s.routing.state_file == str(tmp_path / "data" / "tollgate" / "routing-state.json")
+    assert s.routing.state_poll_s == 2.0
+    monkeypatch.setenv("TOLLGATE_ROUTING__STATE_FILE", "/srv/shared/routing.json")
+    assert Settings.load(write(tmp_path, BASE)).routing.state_file == "/srv/shared/routing.json"
+
+
 def test_env_overrides_yaml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TOLLGATE_SERVER__PORT", "9999")
     s = Settings.load(write(tmp_path, BASE + "server: {port: 8001}\n"))
@@ -43,6 +54,7 @@ def test_env_overrides_yaml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
         ("server: {max_body_bytes: nope}\n", "server.max_body_bytes"),
         ("quotas: {backend: memcached}\n", "quotas.backend"),
         ("bogus_section: 1\n", "bogus_section"),
+        ("routing: {state_poll_s: 0}\n", "routing.state_poll_s"),
     ],
 )
 def test_bad_field_is_named(tmp_path: Path, extra: str, field: str) -> None:
