@@ -9,10 +9,10 @@ import threading
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
 
 from gateway.db import make_engine
-from gateway.ledger.store import LedgerStore
+from gateway.ledger.models import row_values
 from gateway.migrations import alembic_config, current_revision, downgrade, load_models, upgrade
 from tests.support import ROOT
 from tests.support.ledger import make_record
@@ -129,18 +129,29 @@ def test_savings_migration_zeroes_savings_only_where_the_client_named_the_tier(
 ) -> None:
     """0004: a `by_name` record's counterfactual becomes its cost; routed ones keep theirs."""
     engine = make_engine(db_url)
+    rows = [
+        make_record(0, requested_model="small", route_reason="by_name"),
+        make_record(1, requested_model="auto", route_reason="short_prompt"),
+        make_record(2, requested_model="small", route_reason="by_name;fallback_from:x"),
+    ]
     try:
         upgrade(engine, "0003_key_grace")
-        store = LedgerStore(engine)
-        store.insert(
-            [
-                make_record(0, requested_model="small", route_reason="by_name"),
-                make_record(1, requested_model="auto", route_reason="short_prompt"),
-                make_record(2, requested_model="small", route_reason="by_name;fallback_from:x"),
-            ]
+        # The columns of that revision only (later ones add more).
+        cols = [c["name"] for c in inspect(engine).get_columns("ledger_records")]
+        insert = text(
+            f"INSERT INTO ledger_records ({', '.join(cols)}) "
+            f"VALUES ({', '.join(':' + c for c in cols)})"
         )
-        upgrade(engine)
-        got = {r.request_id: (r.cost_nusd, r.counterfactual_nusd) for r in store.all_records()}
+        with engine.begin() as conn:
+            conn.execute(insert, [{c: row_values(r)[c] for c in cols} for r in rows])
+        upgrade(engine, "0004_savings_by_routing")
+        with engine.connect() as conn:
+            got = {
+                r[0]: (r[1], r[2])
+                for r in conn.execute(
+                    text("SELECT request_id, cost_nusd, counterfactual_nusd FROM ledger_records")
+                )
+            }
     finally:
         engine.dispose()
     assert got == {
