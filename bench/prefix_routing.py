@@ -69,6 +69,10 @@ def profile(kv_tokens: int, copy: str = "small") -> Profile:
             "--enable-prefix-caching",
             "--kv-cache-memory-bytes",
             str(kv_tokens * KV_BYTES_PER_TOKEN),
+            # vLLM refuses a KV cache that cannot hold one max-length sequence; a cache
+            # smaller than the profile's 2048 tokens shortens the context to fit (the
+            # workload's longest request is ~700 tokens). The last flag wins.
+            *(["--max-model-len", str(kv_tokens)] if kv_tokens < 2048 else []),
         ]
         # The legacy GiB setting (whole GiB; even "" is read, and fails) would override
         # --kv-cache-memory-bytes, so it is left out of the environment; dev mode gives
